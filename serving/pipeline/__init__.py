@@ -1,0 +1,1 @@
+"""The serving data path, one small module per stage: decode -> preprocess -> batch -> CAM."""

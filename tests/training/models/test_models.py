@@ -1,0 +1,148 @@
+"""The model registry's contract, checked on every family at a tiny size."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from training.config import ModelConfig
+from training.errors import UserError
+from training.models import (
+    FEATURE_LAYER,
+    LOGITS_LAYER,
+    MODELS,
+    OUTPUT_LAYER,
+    build_model,
+    initialize_from_data,
+)
+
+SHAPE = (32, 32, 3)
+CLASSES = 5
+MEAN = (120.0, 110.0, 100.0)
+STD = (60.0, 50.0, 40.0)
+TINY = {  # small enough that a build and a forward pass take well under a second
+    "basic_cnn": ModelConfig(name="basic_cnn"),
+    "resnet": ModelConfig(name="resnet", width=4, depth=1),
+    "mobilenet_v3_small": ModelConfig(name="mobilenet_v3_small", width=8),
+    "airbench": ModelConfig(name="airbench", width=8),
+}
+
+
+def _build(config: ModelConfig, input_shape=SHAPE) -> keras.Model:
+    return build_model(config, input_shape=input_shape, num_classes=CLASSES, mean=MEAN, std=STD)
+
+
+def _pixels(n: int, seed: int = 0, shape=SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, *shape)).astype("float32")
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def model(request) -> keras.Model:
+    return _build(TINY[request.param])
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_registry_names():
+    assert set(MODELS) == set(TINY)
+
+
+def test_output_is_a_float32_distribution(model):
+    probabilities = model(_pixels(3), training=False)
+    assert probabilities.shape == (3, CLASSES)
+    assert probabilities.dtype == "float32"
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(keras.ops.sum(probabilities, 1)), 1, rtol=1e-5
+    )
+
+
+def test_named_layers_exist(model):
+    assert model.input.name == "image"
+    assert model.layers[1].name == "standardize"
+    assert len(model.get_layer(FEATURE_LAYER).output.shape) == 4  # (N, h, w, C)
+    assert model.get_layer(LOGITS_LAYER).output.shape == (None, CLASSES)
+    assert model.get_layer(LOGITS_LAYER).get_config()["activation"] == "linear"
+    assert model.layers[-1].name == OUTPUT_LAYER
+
+
+def test_standardization_is_baked_in(model):
+    standardize = model.get_layer("standardize")
+    at_mean = np.broadcast_to(np.array(MEAN, "float32"), (1, *SHAPE))
+    one_std_up = at_mean + np.array(STD, "float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(standardize(at_mean)), 0, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(standardize(one_std_up)), 1, rtol=1e-6)
+
+
+def test_unknown_name_is_a_user_error():
+    with pytest.raises(UserError, match="unknown model 'vgg'; known: basic_cnn"):
+        _build(ModelConfig(name="vgg"))
+
+
+def test_squeeze_excite_adds_parameters():
+    plain = _build(TINY["resnet"])
+    with_se = _build(dataclasses.replace(TINY["resnet"], squeeze_excite=True))
+    assert with_se.count_params() > plain.count_params()
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_depth_sets_residual_blocks_per_stage(depth):
+    resnet = _build(dataclasses.replace(TINY["resnet"], depth=depth))
+    adds = [layer for layer in resnet.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 3 * depth
+
+
+def test_airbench_whitening_is_set_from_data_and_frozen():
+    airbench = _build(TINY["airbench"])
+    whiten = airbench.get_layer("whiten")
+    before = keras.ops.convert_to_numpy(whiten.kernel).copy()
+    rng = np.random.default_rng(1)  # correlated channels, as in natural images
+    images = np.clip(
+        rng.normal(128, 30, (64, 32, 32, 1)) + rng.normal(0, 10, (64, 32, 32, 3)), 0, 255
+    ).astype("float32")
+    initialize_from_data(airbench, images)
+    after = keras.ops.convert_to_numpy(whiten.kernel)
+    assert after.shape == (2, 2, 3, 24) and not np.allclose(before, after)
+    np.testing.assert_allclose(after[..., 12:], -after[..., :12])
+    assert not whiten.trainable
+    assert all(weight is not whiten.kernel for weight in airbench.trainable_weights)
+    # The whitened patches' second moment is diag(lambda / (lambda + eps)): nearly identity.
+    standardized = airbench.get_layer("standardize")(images)
+    whitened = keras.ops.convert_to_numpy(whiten(standardized))[..., :12].reshape(-1, 12)
+    moment = whitened.T @ whitened / len(whitened)
+    np.testing.assert_allclose(moment, np.diag(np.diag(moment)), atol=1e-3)
+    assert np.all((np.diag(moment) > 0.5) & (np.diag(moment) <= 1.0 + 1e-3))
+
+
+def test_initialize_from_data_is_a_no_op_without_a_hook():
+    basic = _build(TINY["basic_cnn"])
+    before = [w.copy() for w in basic.get_weights()]
+    initialize_from_data(basic, _pixels(4))
+    assert all(np.array_equal(a, b) for a, b in zip(before, basic.get_weights(), strict=True))
+
+
+def test_a_training_step_reduces_the_loss():
+    keras.utils.set_random_seed(0)
+    basic = _build(TINY["basic_cnn"])
+    basic.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    images, labels = _pixels(16), np.arange(16) % CLASSES
+    loss_before = basic.evaluate(images, labels, verbose=0)
+    for _ in range(3):
+        basic.train_on_batch(images, labels)
+    assert basic.evaluate(images, labels, verbose=0) < loss_before
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_mixed_bfloat16_keeps_float32_probabilities(name, mixed_bfloat16):
+    mixed = _build(TINY[name])
+    assert mixed.get_layer(FEATURE_LAYER).compute_dtype == "bfloat16"
+    assert mixed(_pixels(2), training=False).dtype == "float32"

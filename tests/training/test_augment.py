@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training.augment import build_augmenter, color_jitter, cutmix, geometric_layers, mixup
+from training.config import AugmentConfig
+
+OFF = dict(flip=False, rotation=0.0, translation=0.0, zoom=0.0, brightness=0.0, contrast=0.0,
+           saturation=0.0, hue=0.0)
+
+
+def batch(n=8, size=12, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+    labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, n)]
+    return tf.constant(images), tf.constant(labels)
+
+
+def seed(i=0):
+    return tf.constant([i, 7], dtype=tf.int64)
+
+
+def test_flip_is_an_exact_mirror_or_identity():
+    images, _ = batch(64)
+    (flip,) = geometric_layers(AugmentConfig(**{**OFF, "flip": True}), seed=1)
+    out = flip(images, training=True).numpy()
+    mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images.numpy(), strict=True)]
+    same = [np.array_equal(o, i) for o, i in zip(out, images.numpy(), strict=True)]
+    assert all(m or s for m, s in zip(mirrored, same, strict=True))
+    assert 10 < sum(mirrored) < 54  # about half are mirrored
+
+
+def test_everything_off_is_identity():
+    images, labels = batch()
+    out, out_labels = build_augmenter(AugmentConfig(**OFF), seed=0)(images, labels, seed())
+    np.testing.assert_array_equal(out.numpy(), images.numpy())
+    np.testing.assert_array_equal(out_labels.numpy(), labels.numpy())
+
+
+def test_geometric_transforms_change_pixels_and_keep_shape():
+    images, _ = batch()
+    for name, value in [("rotation", 15.0), ("translation", 0.1), ("zoom", 0.2)]:
+        (layer,) = geometric_layers(AugmentConfig(**{**OFF, name: value}), seed=3)
+        out = layer(images, training=True)
+        assert out.shape == images.shape
+        assert not np.allclose(out.numpy(), images.numpy()), name
+
+
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation", "hue"])
+def test_color_jitter_stays_in_range_and_changes_each_image_differently(name):
+    images, _ = batch(16)
+    out = color_jitter(images, AugmentConfig(**{**OFF, name: 0.3}), seed()).numpy()
+    assert out.min() >= 0 and out.max() <= 255
+    change = np.abs(out - images.numpy()).mean(axis=(1, 2, 3))
+    assert change.max() > 1.0 and change.std() > 0.05
+
+
+def test_brightness_shift_is_bounded_by_the_factor():
+    images = tf.fill([32, 4, 4, 3], 128.0)
+    out = color_jitter(images, AugmentConfig(**{**OFF, "brightness": 0.1}), seed()).numpy()
+    assert np.abs(out - 128).max() <= 0.1 * 255 + 1e-3
+
+
+def test_mixup_labels_sum_to_one_and_blend_like_images():
+    images, labels = batch(16)
+    out, mixed = mixup(images, labels, alpha=0.4, seed=seed(3))
+    np.testing.assert_allclose(mixed.numpy().sum(axis=1), 1.0, rtol=1e-6)
+    assert ((mixed.numpy() > 0).sum(axis=1) >= 1).all()
+    assert not np.allclose(out.numpy(), images.numpy())
+
+
+@pytest.mark.parametrize("step", range(5))
+def test_cutmix_label_weights_equal_the_pasted_area(step):
+    n, size = 8, 16
+    # every image is a constant equal to its index, so the pasted area is visible per pixel
+    images = tf.constant(np.arange(n, dtype=np.float32)[:, None, None, None]
+                         * np.ones((1, size, size, 3), np.float32))
+    labels = tf.constant(np.eye(n, dtype=np.float32))
+    out, mixed = cutmix(images, labels, alpha=1.0, seed=seed(step))
+    out, mixed = out.numpy(), mixed.numpy()
+    for i in range(n):
+        own = (out[i, :, :, 0] == i).mean()
+        assert mixed[i, i] == pytest.approx(own, abs=1e-6)
+        np.testing.assert_allclose(mixed[i].sum(), 1.0, rtol=1e-6)
+
+
+def test_augmenter_is_deterministic_for_a_seed():
+    images, labels = batch()
+    config = AugmentConfig(mixup_alpha=0.2, cutmix_alpha=1.0)
+    a = build_augmenter(config, seed=5)(images, labels, seed(9))
+    b = build_augmenter(config, seed=5)(images, labels, seed(9))
+    np.testing.assert_allclose(a[1].numpy(), b[1].numpy())

@@ -1,0 +1,96 @@
+"""Evaluate a model on the validation split: accuracy, per-class precision/recall/F1 and the
+confusion matrix, written into the model card.
+
+``classification_metrics`` is plain numpy so the same numbers can be computed for any model
+variant (Keras now; TFLite interpreters in the quantization step).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from serving.card import load_card, save_card
+from training.errors import UserError
+
+__all__ = ["classification_metrics", "evaluate_artifact", "format_metrics", "predict"]
+
+log = logging.getLogger("sightline.training")
+
+
+def predict(model, images: np.ndarray, batch_size: int, tta_flip: bool = False) -> np.ndarray:
+    """(N, H, W, 3) raw pixels -> (N, classes) probabilities; with ``tta_flip``, the mean over
+    the image and its horizontal mirror."""
+    x = images.astype(np.float32)
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    if tta_flip:
+        probabilities = (probabilities + model.predict(x[:, :, ::-1], batch_size=batch_size,
+                                                       verbose=0)) / 2
+    return np.asarray(probabilities, dtype=np.float64)
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
+                           class_names: list[str]) -> dict:
+    n = len(class_names)
+    predicted = probabilities.argmax(axis=1)
+    confusion = np.zeros((n, n), dtype=np.int64)  # rows: true class, columns: predicted
+    np.add.at(confusion, (labels, predicted), 1)
+    true_positive = np.diag(confusion).astype(np.float64)
+    precision = np.divide(true_positive, confusion.sum(axis=0),
+                          out=np.zeros(n), where=confusion.sum(axis=0) > 0)
+    recall = np.divide(true_positive, confusion.sum(axis=1),
+                       out=np.zeros(n), where=confusion.sum(axis=1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall,
+                   out=np.zeros(n), where=(precision + recall) > 0)
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "loss": float(-np.log(picked).mean()),
+        "macro_f1": float(f1.mean()),
+        "num_images": int(len(labels)),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f),
+                   "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision, recall, f1,
+                                        confusion.sum(axis=1), strict=True)
+        },
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def format_metrics(metrics: dict) -> str:
+    width = max(len(name) for name in metrics["per_class"])
+    rows = [f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+            f"({metrics['num_images']} images)",
+            f"{'class':<{width}}  precision  recall     f1  support"]
+    for name, m in metrics["per_class"].items():
+        rows.append(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  "
+                    f"{m['f1']:5.3f}  {m['support']:7d}")
+    return "\n".join(rows)
+
+
+def evaluate_artifact(artifact_dir: str | Path, tta_flip: bool | None = None) -> dict:
+    """Reload the artifact's model and dataset split, recompute the metrics, update the card."""
+    import keras
+
+    from training.config import load_config
+    from training.data import load_dataset
+
+    artifact_dir = Path(artifact_dir)
+    if not (artifact_dir / "model.keras").is_file():
+        raise UserError(f"{artifact_dir} is not a training artifact (no model.keras)")
+    card = load_card(artifact_dir)
+    config = load_config(artifact_dir / "config.yaml")
+    dataset = load_dataset(config.data, config.seed)
+    if dataset.fingerprint() != card.dataset.get("fingerprint"):
+        log.warning("the dataset changed since training (fingerprint differs); "
+                    "metrics describe today's data")
+    model = keras.models.load_model(artifact_dir / "model.keras")
+    tta = config.eval.tta_flip if tta_flip is None else tta_flip
+    probabilities = predict(model, dataset.val_images, config.batch_size, tta)
+    metrics = classification_metrics(dataset.val_labels, probabilities, dataset.class_names)
+    card.metrics["evaluation"] = {**metrics, "tta_flip": tta}
+    save_card(card, artifact_dir)
+    return metrics

@@ -1,0 +1,78 @@
+"""The model registry: one name per network family, one way to build them all.
+
+Every model built here has the same contract, which training, evaluation, Grad-CAM and the
+TFLite export rely on:
+
+* input ``"image"``: float32 RAW pixels in [0, 255], shape ``input_shape`` (H, W, C);
+* first layer ``"standardize"``: per-channel ``(x - mean) / std`` baked into the graph, so the
+  server feeds pixels and never needs the dataset statistics (it computes in float32 even
+  under ``mixed_bfloat16``: bfloat16 cannot hold 200.7 to better than 0.5);
+* ``FEATURE_LAYER`` (``"features"``): the last convolutional feature map (N, h, w, C), after
+  its activation; it feeds the global average pool (the Flatten for ``basic_cnn``);
+* ``LOGITS_LAYER`` (``"logits"``): the final Dense, no activation;
+* ``OUTPUT_LAYER`` (``"probabilities"``): softmax in float32, so mixed precision stays stable.
+
+A family module exposes ``build(x, config, num_classes) -> logits tensor``; some also expose
+``initialize_from_data(model, images)`` for a data-dependent initialisation (airbench's
+patch whitening), which ``initialize_from_data`` below dispatches to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+
+from training.config import ModelConfig
+from training.errors import UserError
+from training.models import airbench, basic_cnn, mobilenet_v3, resnet
+
+__all__ = [
+    "FEATURE_LAYER",
+    "LOGITS_LAYER",
+    "MODELS",
+    "OUTPUT_LAYER",
+    "build_model",
+    "initialize_from_data",
+]
+
+FEATURE_LAYER = "features"
+LOGITS_LAYER = "logits"
+OUTPUT_LAYER = "probabilities"
+
+MODELS: dict[str, Callable] = {
+    "basic_cnn": basic_cnn.build,
+    "resnet": resnet.build,
+    "mobilenet_v3_small": mobilenet_v3.build,
+    "airbench": airbench.build,
+}
+
+
+def build_model(
+    config: ModelConfig,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> keras.Model:
+    """Raw pixels -> standardize -> the family's body and logits -> float32 softmax."""
+    if config.name not in MODELS:
+        raise UserError(f"unknown model {config.name!r}; known: {', '.join(MODELS)}")
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Normalization(
+        mean=mean, variance=np.square(std), dtype="float32", name="standardize"
+    )(inputs)
+    logits = MODELS[config.name](x, config, num_classes)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name=OUTPUT_LAYER)(logits)
+    return keras.Model(inputs, outputs, name=config.name)
+
+
+def initialize_from_data(model: keras.Model, images: np.ndarray) -> None:
+    """Run the family's data-dependent initialisation on raw training images; a no-op if none.
+
+    Call it once, after ``build_model`` and before training, with raw [0, 255] pixels.
+    """
+    if airbench.WHITEN_LAYER in {layer.name for layer in model.layers}:
+        airbench.initialize_from_data(model, images)

@@ -1,0 +1,109 @@
+"""airbench: the fast CIFAR-10 network of Keller Jordan's airbench94, "94% on CIFAR-10 in 3.29
+seconds on a single GPU" (https://arxiv.org/abs/2404.00498,
+https://github.com/KellerJordan/cifar10-airbench).
+
+With w = config.width (w=64 gives airbench94's 64/256/256) on a 32 px input:
+
+    standardized (N, 32, 32, C)
+    -> Conv2x2 "whiten", valid, frozen, 2*C*4 filters -> GELU    (N, 31, 31, 24)
+    -> block(w):  Conv3x3 -> MaxPool2 -> BN -> GELU -> Conv3x3 -> BN -> GELU   (N, 15, 15, w)
+    -> block(4w)                                                               (N, 7, 7, 4w)
+    -> block(4w), last GELU "features"                                         (N, 3, 3, 4w)
+    -> GlobalAveragePooling -> Rescaling(1/9) -> Dense(num_classes, no bias) "logits"
+
+The whitening conv is set from the data by ``initialize_from_data`` (the eigenvectors of the
+2x2 patch covariance, each scaled by 1/sqrt(eigenvalue + 5e-4), with their negations) and is
+never trained. 3x3 convs have no bias and a Dirac (identity) start on their first in-channels
+filters. BatchNorm: no trained scale, Keras momentum 0.4 (PyTorch's 0.6), epsilon 1e-12.
+Differences from airbench94: a global average pool instead of its MaxPool2d(3) (Grad-CAM
+needs a GAP head), and the whitening bias is not trained for the first 3 epochs (no bias).
+``config.depth``, ``squeeze_excite`` and ``dropout`` are ignored: airbench has none of them.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from training.config import ModelConfig
+
+__all__ = ["WHITEN_LAYER", "build", "initialize_from_data"]
+
+WHITEN_LAYER = "whiten"
+WHITEN_EPS = 5e-4  # airbench's eps in init_whitening_conv
+MAX_IMAGES = 5000  # airbench whitens from 5,000 training images
+MAX_PATCHES = 5_000_000  # bounds memory for large images: 5,000 CIFAR images give 4.8M
+LOGIT_SCALE = 1 / 9  # airbench's scaling_factor
+BN_MOMENTUM = 0.4  # Keras' momentum is PyTorch's 1 - momentum; airbench's is 0.6
+BN_EPSILON = 1e-12
+
+
+def build(x, config: ModelConfig, num_classes: int):
+    """Standardized images -> logits tensor (from the Dense named "logits")."""
+    reg = keras.regularizers.L2(config.l2) if config.l2 > 0 else None
+    channels = x.shape[-1]
+    x = keras.layers.Conv2D(
+        2 * channels * 2 * 2, 2, padding="valid", use_bias=False, trainable=False, name=WHITEN_LAYER
+    )(x)
+    x = keras.layers.Activation("gelu", name="whiten_gelu")(x)
+    widths = (config.width, 4 * config.width, 4 * config.width)
+    for i, width in enumerate(widths, 1):
+        x = _conv(x, width, reg, f"block{i}_conv1")
+        x = keras.layers.MaxPool2D(name=f"block{i}_pool")(x)
+        x = _batch_norm(x, f"block{i}_bn1")
+        x = keras.layers.Activation("gelu", name=f"block{i}_gelu1")(x)
+        x = _conv(x, width, reg, f"block{i}_conv2")
+        x = _batch_norm(x, f"block{i}_bn2")
+        x = keras.layers.Activation("gelu", name="features" if i == 3 else f"block{i}_gelu2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # (N, 4w)
+    x = keras.layers.Rescaling(LOGIT_SCALE, name="logit_scale")(x)
+    return keras.layers.Dense(num_classes, use_bias=False, kernel_regularizer=reg, name="logits")(x)
+
+
+def _conv(x, filters, reg, name):
+    """Conv3x3, same padding, no bias, with airbench's Dirac start (torch.nn.init.dirac_ on the
+    first in-channels filters: filter i passes input channel i through; the rest keep the
+    default random start)."""
+    layer = keras.layers.Conv2D(
+        filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=name
+    )
+    x = layer(x)
+    kernel = keras.ops.convert_to_numpy(layer.kernel).copy()  # (3, 3, in, out)
+    identity = min(kernel.shape[2], filters)
+    kernel[:, :, :, :identity] = 0.0
+    kernel[1, 1, np.arange(identity), np.arange(identity)] = 1.0
+    layer.kernel.assign(kernel)
+    return x
+
+
+def _batch_norm(x, name):
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale=False, name=name
+    )(x)
+
+
+def initialize_from_data(model: keras.Model, images: np.ndarray) -> None:
+    """Set the frozen whitening conv from raw [0, 255] training images (airbench's
+    ``init_whitening_conv``): an uncentred covariance of every standardized kh x kw patch,
+    its eigenvectors in falling eigenvalue order scaled by 1/sqrt(eigenvalue + 5e-4), and
+    their negations, so that GELU sees both signs of each whitened direction."""
+    whiten = model.get_layer(WHITEN_LAYER)
+    kh, kw, channels, _ = whiten.kernel.shape
+    height, width = images.shape[1:3]
+    patches_per_image = (height - kh + 1) * (width - kw + 1)
+    count = min(len(images), MAX_IMAGES, max(1, MAX_PATCHES // patches_per_image))
+    standardize = model.get_layer("standardize")
+    covariance = np.zeros((kh * kw * channels,) * 2)
+    patches_seen = 0
+    for start in range(0, count, 500):
+        batch = np.asarray(images[start : min(start + 500, count)], dtype="float32")
+        batch = keras.ops.convert_to_numpy(standardize(batch)).astype("float64")
+        # (n, h', w', C, kh, kw) -> (n * h' * w', kh * kw * C), the order of a Keras kernel
+        patches = np.lib.stride_tricks.sliding_window_view(batch, (kh, kw), axis=(1, 2))
+        patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * channels)
+        covariance += patches.T @ patches
+        patches_seen += len(patches)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance / patches_seen)  # rising order
+    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+    scaled = (eigenvectors / np.sqrt(eigenvalues + WHITEN_EPS)).reshape(kh, kw, channels, -1)
+    whiten.kernel.assign(np.concatenate([scaled, -scaled], axis=-1).astype("float32"))

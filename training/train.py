@@ -1,0 +1,183 @@
+"""Train a classifier from a config and write a model directory (``training.export``).
+
+The story, top to bottom: seed everything, choose precision and distribution strategy, load the
+dataset, measure its per-channel mean/std (baked into the model's first layer), build the
+model, compile it with the configured loss, optimiser and schedule, fit with callbacks
+(TensorBoard, checkpoints, CSV history, early stopping, a progress bar), predict the validation
+split once more, and export everything with the model card.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training import models
+from training.config import Config
+from training.data import Dataset, load_dataset
+from training.data.pipeline import eval_pipeline, train_pipeline
+from training.evaluate import classification_metrics, predict
+from training.export import new_artifact_dir, write_artifact
+from training.losses import build_loss
+from training.optim import build_optimizer
+
+__all__ = ["has_amx_bf16", "train"]
+
+log = logging.getLogger("sightline.training")
+
+
+def train(config: Config, artifact_dir: Path | None = None,
+          dataset: Dataset | None = None) -> Path:
+    keras.utils.set_random_seed(config.seed)
+    precision = _set_precision(config.precision)
+    strategy = _strategy(config.strategy)
+
+    dataset = dataset or load_dataset(config.data, config.seed)
+    mean, std = channel_stats(dataset.train_images)
+    steps_per_epoch = max(len(dataset.train_labels) // config.batch_size, 1)
+
+    with strategy.scope():
+        model = models.build_model(
+            config.model,
+            input_shape=dataset.train_images.shape[1:],
+            num_classes=dataset.num_classes,
+            mean=mean,
+            std=std,
+        )
+        models.initialize_from_data(model, dataset.train_images[:5000])
+        model.compile(
+            optimizer=build_optimizer(config.optim, steps_per_epoch, config.epochs),
+            loss=build_loss(config.loss, dataset.train_labels, dataset.num_classes),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+    log.info("model %s: %s parameters, precision %s, strategy %s",
+             config.model.name, f"{model.count_params():,}", precision, config.strategy)
+
+    artifact_dir = artifact_dir or new_artifact_dir(config)
+    train_ds = train_pipeline(dataset.train_images, dataset.train_labels,
+                              dataset.num_classes, config)
+    val_ds = eval_pipeline(dataset.val_images, dataset.val_labels,
+                           dataset.num_classes, config.batch_size)
+    started = time.perf_counter()
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        callbacks=_callbacks(config, artifact_dir),
+        verbose="auto",
+    )
+    seconds = time.perf_counter() - started
+
+    probabilities = predict(model, dataset.val_images, config.batch_size, config.eval.tta_flip)
+    metrics = classification_metrics(dataset.val_labels, probabilities, dataset.class_names)
+    epochs_run = len(history.history.get("loss", []))
+    log.info("validation accuracy %.4f after %d epochs in %.0f s (%.0f images/s)",
+             metrics["accuracy"], epochs_run, seconds,
+             epochs_run * steps_per_epoch * config.batch_size / max(seconds, 1e-9))
+    write_artifact(
+        artifact_dir,
+        model=model,
+        config=config,
+        dataset=dataset,
+        history=history.history,
+        metrics=metrics,
+        probabilities=probabilities,
+        normalization={"mean": mean.tolist(), "std": std.tolist()},
+        training={
+            "epochs": epochs_run,
+            "seconds": round(seconds, 1),
+            "images_per_second": round(epochs_run * steps_per_epoch * config.batch_size
+                                       / max(seconds, 1e-9), 1),
+            "precision": precision,
+            "strategy": config.strategy,
+            "tta_flip": config.eval.tta_flip,
+        },
+    )
+    return artifact_dir
+
+
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of (N, H, W, 3) uint8 pixels, in 0-255 units."""
+    pixels = images.reshape(-1, images.shape[-1])
+    mean = pixels.mean(axis=0, dtype=np.float64)
+    std = np.sqrt(np.maximum((pixels.astype(np.float64) ** 2).mean(axis=0) - mean**2, 1e-6))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def has_amx_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    try:
+        return "amx_bf16" in Path(cpuinfo).read_text()
+    except OSError:
+        return False
+
+
+def _set_precision(requested: str) -> str:
+    """mixed_bfloat16 pays off only with AMX; elsewhere it is slower than float32."""
+    precision = requested
+    if requested == "auto":
+        precision = "mixed_bfloat16" if has_amx_bf16() else "float32"
+    elif requested == "mixed_bfloat16" and not has_amx_bf16():
+        log.warning("this CPU lacks amx_bf16: training in float32 instead of mixed_bfloat16")
+        precision = "float32"
+    keras.mixed_precision.set_global_policy(precision)
+    return precision
+
+
+def _strategy(name: str) -> tf.distribute.Strategy:
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":  # reads the cluster from TF_CONFIG
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+class _LearningRateLog(keras.callbacks.Callback):
+    """Put the current learning rate into the epoch logs, so history and curves carry it."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+                self.model.optimizer.learning_rate))
+
+
+class _TimeLimit(keras.callbacks.Callback):
+    """Stop after a wall-clock budget (benchmarks): the epoch in flight ends the run."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.deadline = time.perf_counter() + minutes * 60
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() > self.deadline:
+            self.model.stop_training = True
+
+
+def _callbacks(config: Config, artifact_dir: Path) -> list[keras.callbacks.Callback]:
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    callbacks: list[keras.callbacks.Callback] = [
+        _LearningRateLog(),
+        keras.callbacks.CSVLogger(str(artifact_dir / "history.csv")),
+        keras.callbacks.ModelCheckpoint(
+            str(artifact_dir / "checkpoint.weights.h5"), save_weights_only=True,
+            monitor="val_loss", save_best_only=True,
+        ),
+    ]
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(
+            str(artifact_dir / "logs"), histogram_freq=1, write_graph=True))
+    if config.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.early_stopping_patience,
+            restore_best_weights=True))
+    if config.optim.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=config.optim.plateau_factor,
+            patience=config.optim.plateau_patience))
+    if config.time_limit_minutes > 0:
+        callbacks.append(_TimeLimit(config.time_limit_minutes))
+    return callbacks
