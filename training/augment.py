@@ -24,16 +24,14 @@ def geometric_layers(config: AugmentConfig, seed: int) -> list[keras.layers.Laye
     layers = []
     if config.flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if config.rotation > 0:
-        layers.append(
-            keras.layers.RandomRotation(config.rotation / 360.0, config.fill_mode, seed=seed + 1)
-        )
+    fill = {"fill_mode": config.fill_mode, "interpolation": config.interpolation}
+    if config.rotation > 0:  # Keras takes a fraction of a full turn
+        layers.append(keras.layers.RandomRotation(config.rotation / 360.0, seed=seed + 1, **fill))
     if config.translation > 0:
         t = config.translation
-        layers.append(keras.layers.RandomTranslation(t, t, config.fill_mode, seed=seed + 2))
+        layers.append(keras.layers.RandomTranslation(t, t, seed=seed + 2, **fill))
     if config.zoom > 0:
-        layers.append(keras.layers.RandomZoom((-config.zoom, config.zoom), None,
-                                              config.fill_mode, seed=seed + 3))
+        layers.append(keras.layers.RandomZoom((-config.zoom, config.zoom), seed=seed + 3, **fill))
     return layers
 
 

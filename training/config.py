@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 DATASETS = ("shapes", "cifar10", "folder")
+MODEL_NAMES = ("basic_cnn", "resnet", "mobilenet_v3_small", "airbench")  # = training.models.MODELS
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 LOSSES = ("crossentropy", "weighted_crossentropy", "focal")
@@ -64,6 +65,7 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing; 0 is off (Zhang et al. 2018)
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) box area; 0 is off (Yun et al. 2019)
     fill_mode: str = "reflect"  # how geometric transforms fill the border
+    interpolation: str = "bilinear"  # nearest keeps translations to whole pixels (airbench's crop)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class OptimConfig:
     weight_decay: float = 1e-4  # adamw only (decoupled); sgd/adam use model.l2 instead
     schedule: str = "constant"
     warmup_epochs: float = 0.0  # cosine and onecycle: linear warm-up length
+    onecycle_start: float = 0.04  # onecycle starts at this fraction of the peak (PyTorch's 1/25)
     plateau_factor: float = 0.5  # plateau: multiply the rate by this ...
     plateau_patience: int = 5  # ... after this many epochs without val_loss improvement
     ema: bool = False  # keep an exponential moving average of weights and evaluate with it
@@ -112,7 +115,7 @@ class Config:
     batch_size: int = 128
     output_dir: str = "artifacts"
     strategy: str = "default"  # tf.distribute: default | mirrored | multiworker (reads TF_CONFIG)
-    precision: str = "float32"  # or mixed_bfloat16 (AMX CPUs train 2-4x faster), or auto
+    precision: str = "float32"  # or mixed_bfloat16 (2-4x faster with AMX), or auto (by CPU flags)
     early_stopping_patience: int = 10  # epochs without val_loss improvement; 0 is off
     tensorboard: bool = True  # scalars, weight histograms and the graph under <artifact>/logs
     time_limit_minutes: float = 0.0  # stop training after this much wall time; 0 is no limit
@@ -131,10 +134,12 @@ _CHOICES = {
     "strategy": STRATEGIES,
     "precision": PRECISIONS,
     "data.name": DATASETS,
+    "model.name": MODEL_NAMES,
     "loss.name": LOSSES,
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
     "augment.fill_mode": ("reflect", "wrap", "constant", "nearest"),
+    "augment.interpolation": ("bilinear", "nearest"),
 }
 _POSITIVE = ("epochs", "batch_size", "data.image_size", "data.num_images", "model.width")
 
@@ -231,7 +236,8 @@ def _validate(config: Config) -> None:
         )
     if config.data.name in ("cifar10", "folder") and not config.data.path:
         raise UserError(f"dataset {config.data.name!r} needs data.path (--set data.path=...)")
-    for dotted in ("model.dropout", "loss.label_smoothing", "augment.translation", "augment.zoom"):
+    for dotted in ("model.dropout", "loss.label_smoothing", "augment.translation", "augment.zoom",
+                   "optim.onecycle_start"):
         value = _get(config, dotted)
         if not 0.0 <= value < 1.0:
             raise UserError(f"config key {dotted!r} must be in [0, 1); got {value!r}")

@@ -59,6 +59,9 @@ def test_one_cycle_peaks_at_warmup_end():
     assert float(schedule(30)) == pytest.approx(1.0)
     assert float(schedule(65)) == pytest.approx(0.5)
     assert float(schedule(100)) == pytest.approx(0.0)
+    triangular = OneCycle(peak=1.0, total_steps=100, warmup_steps=20, start=0.2)
+    assert float(triangular(0)) == pytest.approx(0.2)
+    assert float(triangular(10)) == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize("name, cls", [("adam", keras.optimizers.Adam),

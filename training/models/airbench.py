@@ -14,7 +14,8 @@ With w = config.width (w=64 gives airbench94's 64/256/256) on a 32 px input:
 The whitening conv is set from the data by ``initialize_from_data`` (the eigenvectors of the
 2x2 patch covariance, each scaled by 1/sqrt(eigenvalue + 5e-4), with their negations) and is
 never trained. 3x3 convs have no bias and a Dirac (identity) start on their first in-channels
-filters. BatchNorm: no trained scale, Keras momentum 0.4 (PyTorch's 0.6), epsilon 1e-12.
+filters. BatchNorm: no trained scale, Keras momentum 0.9 (airbench94's 0.6 in PyTorch terms
+made the running statistics follow single batches of 64), epsilon 1e-12.
 Differences from airbench94: a global average pool instead of its MaxPool2d(3) (Grad-CAM
 needs a GAP head), and the whitening bias is not trained for the first 3 epochs (no bias).
 ``config.depth``, ``squeeze_excite`` and ``dropout`` are ignored: airbench has none of them.
@@ -32,9 +33,10 @@ __all__ = ["WHITEN_LAYER", "build", "initialize_from_data"]
 WHITEN_LAYER = "whiten"
 WHITEN_EPS = 5e-4  # airbench's eps in init_whitening_conv
 MAX_IMAGES = 5000  # airbench whitens from 5,000 training images
-MAX_PATCHES = 5_000_000  # bounds memory for large images: 5,000 CIFAR images give 4.8M
+MAX_PATCHES = 5_000_000  # bounds the work for large images: 5,000 CIFAR images give 4.8M
+CHUNK_PATCHES = 500_000  # patches per covariance update: about 50 MB at a time
 LOGIT_SCALE = 1 / 9  # airbench's scaling_factor
-BN_MOMENTUM = 0.4  # Keras' momentum is PyTorch's 1 - momentum; airbench's is 0.6
+BN_MOMENTUM = 0.9  # Keras' (PyTorch 0.1, airbench's ablations); 94's 0.4 is noisy at small batch
 BN_EPSILON = 1e-12
 
 
@@ -42,8 +44,9 @@ def build(x, config: ModelConfig, num_classes: int):
     """Standardized images -> logits tensor (from the Dense named "logits")."""
     reg = keras.regularizers.L2(config.l2) if config.l2 > 0 else None
     channels = x.shape[-1]
+    whiten_filters = 2 * (2 * 2 * channels)  # each 2x2 patch direction, with both signs
     x = keras.layers.Conv2D(
-        2 * channels * 2 * 2, 2, padding="valid", use_bias=False, trainable=False, name=WHITEN_LAYER
+        whiten_filters, 2, padding="valid", use_bias=False, trainable=False, name=WHITEN_LAYER
     )(x)
     x = keras.layers.Activation("gelu", name="whiten_gelu")(x)
     widths = (config.width, 4 * config.width, 4 * config.width)
@@ -89,21 +92,22 @@ def initialize_from_data(model: keras.Model, images: np.ndarray) -> None:
     their negations, so that GELU sees both signs of each whitened direction."""
     whiten = model.get_layer(WHITEN_LAYER)
     kh, kw, channels, _ = whiten.kernel.shape
-    height, width = images.shape[1:3]
-    patches_per_image = (height - kh + 1) * (width - kw + 1)
+    patches_per_image = (images.shape[1] - kh + 1) * (images.shape[2] - kw + 1)
     count = min(len(images), MAX_IMAGES, max(1, MAX_PATCHES // patches_per_image))
-    standardize = model.get_layer("standardize")
+    # Evenly spaced, not the first `count`: a folder dataset may be sorted by class.
+    chosen = np.linspace(0, len(images) - 1, count).round().astype(int)
+    chunk = max(1, CHUNK_PATCHES // patches_per_image)
     covariance = np.zeros((kh * kw * channels,) * 2)
-    patches_seen = 0
-    for start in range(0, count, 500):
-        batch = np.asarray(images[start : min(start + 500, count)], dtype="float32")
-        batch = keras.ops.convert_to_numpy(standardize(batch)).astype("float64")
+    for start in range(0, count, chunk):
+        batch = np.asarray(images[chosen[start : start + chunk]], dtype="float32")
+        batch = keras.ops.convert_to_numpy(model.get_layer("standardize")(batch))
         # (n, h', w', C, kh, kw) -> (n * h' * w', kh * kw * C), the order of a Keras kernel
         patches = np.lib.stride_tricks.sliding_window_view(batch, (kh, kw), axis=(1, 2))
         patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * channels)
+        patches = patches.astype("float64")  # a sum over millions of patches
         covariance += patches.T @ patches
-        patches_seen += len(patches)
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance / patches_seen)  # rising order
+    # eigh returns eigenvalues in rising order; airbench takes the largest first
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance / (count * patches_per_image))
     eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
     scaled = (eigenvectors / np.sqrt(eigenvalues + WHITEN_EPS)).reshape(kh, kw, channels, -1)
     whiten.kernel.assign(np.concatenate([scaled, -scaled], axis=-1).astype("float32"))
