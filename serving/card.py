@@ -121,8 +121,8 @@ class ModelCard:
         if not isinstance(data, dict):
             raise CardError(f"card must be a JSON object; got {type(data).__name__}")
         data = dict(data)
-        required = [f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
         missing = [name for name in required if name not in data]
         if missing:
             raise CardError(f"card is missing the field {missing[0]!r}")

@@ -154,7 +154,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise UserError(f"config file {path} is not valid YAML: {exc}".splitlines()[0])
+            first_line = str(exc).splitlines()[0]
+            raise UserError(f"config file {path} is not valid YAML: {first_line}") from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
         _apply_mapping(config, loaded, prefix="")
@@ -224,16 +225,19 @@ def _validate(config: Config) -> None:
     for dotted, allowed in _CHOICES.items():
         value = _get(config, dotted)
         if value not in allowed:
-            raise UserError(f"config key {dotted!r} must be one of {', '.join(allowed)}; got {value!r}")
+            raise UserError(
+                f"config key {dotted!r} must be one of {', '.join(allowed)}; got {value!r}"
+            )
     for dotted in _POSITIVE:
         if _get(config, dotted) <= 0:
             raise UserError(f"config key {dotted!r} must be > 0; got {_get(config, dotted)!r}")
-    if not 16 <= config.data.image_size <= 512:
-        raise UserError(f"data.image_size must be within 16-512 pixels; got {config.data.image_size}")
+    size = config.data.image_size
+    if not 16 <= size <= 512 or (config.data.name == "shapes" and size > 224):
+        limit = 224 if config.data.name == "shapes" else 512
+        raise UserError(f"data.image_size must be within 16-{limit} pixels; got {size}")
     if not 0.0 < config.data.validation_fraction < 1.0:
-        raise UserError(
-            f"data.validation_fraction must be between 0 and 1; got {config.data.validation_fraction}"
-        )
+        fraction = config.data.validation_fraction
+        raise UserError(f"data.validation_fraction must be between 0 and 1; got {fraction}")
     if config.data.name in ("cifar10", "folder") and not config.data.path:
         raise UserError(f"dataset {config.data.name!r} needs data.path (--set data.path=...)")
     for dotted in ("model.dropout", "loss.label_smoothing", "augment.translation", "augment.zoom",

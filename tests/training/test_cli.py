@@ -66,3 +66,13 @@ def test_corrupt_only_dataset(tmp_path):
 def test_evaluate_missing_artifact(tmp_path):
     assert_user_error(run("evaluate", str(tmp_path / "nope")), "artifact directory not found")
     assert_user_error(run("evaluate", str(tmp_path)), "is not a training artifact")
+
+
+def test_train_multiworker_single_process_from_the_command_line(tmp_path):
+    """The multi-worker strategy with no TF_CONFIG is one worker: the same code on one CPU."""
+    result = run("train", "--set", "strategy=multiworker", "--set", "epochs=1",
+                 "--set", "data.num_images=300", "--set", "model.name=basic_cnn",
+                 "--set", "tensorboard=false", "--output", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"artifact written: {tmp_path / 'run'}" in result.stdout
+    assert (tmp_path / "run" / "card.json").is_file()

@@ -19,7 +19,7 @@ def artifact(tmp_path_factory):
         f"output_dir={out}", "name=e2e", "epochs=6", "batch_size=32",
         "data.num_images=1200", "model.name=airbench", "model.width=16", "model.l2=0.00005",
         "optim.name=sgd", "optim.learning_rate=0.2", "optim.schedule=cosine",
-        "optim.warmup_epochs=1", "augment.rotation=0", "augment.zoom=0", "tensorboard=false",
+        "optim.warmup_epochs=1", "augment.rotation=0", "augment.zoom=0",
     ])
     return train(config, out / "e2e")
 
@@ -52,6 +52,7 @@ def test_artifact_files(artifact):
     assert len(history["loss"]) == 6 and len(history["learning_rate"]) == 6
     assert history["learning_rate"][-1] < history["learning_rate"][0]  # cosine decayed
     assert (artifact.parent / "latest").resolve() == artifact.resolve()
+    assert list((artifact / "logs" / "train").glob("events.out.tfevents.*"))  # TensorBoard
 
 
 def test_standardisation_is_baked_in(artifact):

@@ -87,7 +87,8 @@ def _read_files(path: Path) -> Iterator[tuple[str, str, str, bytes]]:
     try:
         archive = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as exc:
-        raise UserError(f"dataset {path} is neither a directory nor a readable tar: {exc}")
+        message = f"dataset {path} is neither a directory nor a readable tar: {exc}"
+        raise UserError(message) from None
     with archive:
         for member in archive:
             entry = member.isfile() and _classify(PurePosixPath(member.name))

@@ -55,8 +55,9 @@ def test_corrupt_images_are_counted_reported_and_skipped(image_folder, caplog):
 
 
 def test_imbalance_warning(image_folder, caplog):
+    first = (image_folder / "cat" / "0.png").read_bytes()
     for i in range(10, 40):
-        (image_folder / "cat" / f"{i}.png").write_bytes((image_folder / "cat" / "0.png").read_bytes())
+        (image_folder / "cat" / f"{i}.png").write_bytes(first)
     with caplog.at_level(logging.WARNING, logger="sightline.training"):
         load_dataset(config(image_folder), seed=0)
     assert "class imbalance" in caplog.text
@@ -68,7 +69,8 @@ def test_imbalance_warning(image_folder, caplog):
         (lambda root: root / "missing", "dataset path not found"),
         (lambda root: root, "no images found"),
         (lambda root: (root / "only").mkdir() or (root / "only" / "a.png").write_bytes(
-            encode(np.zeros((4, 4, 3), np.uint8))) and root, "at least 2 classes; found 1 \\(only\\)"),
+            encode(np.zeros((4, 4, 3), np.uint8))) and root,
+         "at least 2 classes; found 1 \\(only\\)"),
         (lambda root: (root / "x.tar").write_bytes(b"not a tar") and root / "x.tar",
          "neither a directory nor a readable tar"),
     ],
