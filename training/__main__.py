@@ -32,7 +32,30 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("artifact", type=Path)
     evaluate.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                           help="average over the image and its mirror (default: as trained)")
+
+    quantize = commands.add_parser("quantize", help="convert to TFLite, verify, gate int8")
+    quantize.add_argument("artifact", type=Path)
+    quantize.add_argument("--mode", dest="modes", action="append",
+                          choices=["int8", "float16", "dynamic", "float32"],
+                          help="repeat for several variants; the first is model.tflite "
+                               "(default: int8 and float32)")
+    quantize.add_argument("--representative-size", type=int, default=500,
+                          help="training images used to calibrate int8 (default 500)")
+    quantize.add_argument("--max-drop", type=float, default=1.0,
+                          help="largest int8 top-1 loss against Keras, in points (default 1.0)")
     return parser
+
+
+def format_quantization(report: dict) -> str:
+    rows = [f"Keras accuracy {report['keras_accuracy']:.4f}",
+            f"{'mode':<8} {'file':<24} {'bytes':>10} {'accuracy':>8} {'agree':>7} {'ms@1':>7}"]
+    for mode, v in report["variants"].items():
+        rows.append(f"{mode:<8} {v['file']:<24} {v['bytes']:>10,} {v['accuracy']:>8.4f} "
+                    f"{v['agreement']:>7.4f} {v['latency_ms_batch1']:>7.3f}")
+    gate = report["gate"]
+    rows.append(f"gate: {'passed' if gate['passed'] else 'FAILED'} "
+                f"(int8 may lose at most {gate['max_drop_points']} points)")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
             artifact = train(config, args.output, dataset)
             print(f"artifact written: {artifact}")
+        elif args.command == "quantize":
+            if not args.artifact.is_dir():
+                raise UserError(f"artifact directory not found: {args.artifact}")
+            from training.quantize import quantize_artifact
+
+            report = quantize_artifact(args.artifact, args.modes or ["int8", "float32"],
+                                       args.representative_size, args.max_drop)
+            print(format_quantization(report))
         else:
             from training.evaluate import evaluate_artifact, format_metrics
 

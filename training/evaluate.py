@@ -87,7 +87,7 @@ def evaluate_artifact(artifact_dir: str | Path, tta_flip: bool | None = None) ->
     if dataset.fingerprint() != card.dataset.get("fingerprint"):
         log.warning("the dataset changed since training (fingerprint differs); "
                     "metrics describe today's data")
-    model = keras.models.load_model(artifact_dir / "model.keras")
+    model = keras.models.load_model(artifact_dir / "model.keras", compile=False)
     tta = config.eval.tta_flip if tta_flip is None else tta_flip
     probabilities = predict(model, dataset.val_images, config.batch_size, tta)
     metrics = classification_metrics(dataset.val_labels, probabilities, dataset.class_names)

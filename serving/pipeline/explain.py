@@ -1,0 +1,43 @@
+"""Activations and gradients for Grad-CAM from one TFLite model call.
+
+Two kinds of model, told apart by the card's ``model.cam.head``:
+- ``gap``: the features reach the logits through a global average pool and affine layers, so
+  d logit_c / dA[i, j, k] = W_eff[k, c] / (h * w) at every position. One call of
+  ``cam_inputs(image)`` gives the activations; the gradient comes from ``cam_head.npy``.
+- ``gradient``: the model computes the gradient in-graph, for a one-hot target given as input.
+  Top-1 targets then need the prediction first: a ``classify`` call, then ``cam_inputs``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serving.interpreter import TFLiteModel
+
+__all__ = ["activations_and_gradients"]
+
+
+def activations_and_gradients(model: TFLiteModel, images: np.ndarray,
+                              targets: np.ndarray | None = None,
+                              head_weights: np.ndarray | None = None):
+    """(N, H, W, 3) pixels, (N,) target classes or None for top-1 ->
+    (probabilities (N, K), activations (N, h, w, C), gradients (N, h, w, C), targets (N,))."""
+    if model.cam_needs_target:
+        probabilities = None
+        if targets is None:
+            probabilities = model.classify(images)
+            targets = probabilities.argmax(axis=1)
+        classes = model.num_classes
+        onehot = np.eye(classes, dtype=np.float32)[targets]
+        cam_probabilities, activations, gradients = model.cam_inputs(images, onehot)
+        return (cam_probabilities if probabilities is None else probabilities,
+                activations, gradients, np.asarray(targets))
+    if head_weights is None:
+        raise ValueError("a GAP-head model needs its head weights (cam_head.npy) for Grad-CAM")
+    probabilities, activations, _ = model.cam_inputs(images)
+    if targets is None:
+        targets = probabilities.argmax(axis=1)
+    n, h, w, c = activations.shape
+    per_image = head_weights[:, targets].T / (h * w)  # (N, C)
+    gradients = np.broadcast_to(per_image[:, None, None, :], (n, h, w, c))
+    return probabilities, activations, gradients.astype(np.float32), np.asarray(targets)

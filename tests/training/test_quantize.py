@@ -1,0 +1,125 @@
+"""Quantization: every mode verified with LiteRT, the int8 gate, and Grad-CAM parity of the
+TFLite model against a TensorFlow GradientTape reference on the Keras model."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving.card import load_card
+from serving.interpreter import TFLiteModel
+from serving.pipeline.cam import get_method
+from serving.pipeline.explain import activations_and_gradients
+from training.config import load_config
+from training.data import load_dataset
+from training.quantize import QuantizationGateError, quantize_artifact
+
+
+@pytest.fixture(scope="module", params=["gap", "dense"])
+def quantized(request, trained):
+    artifact = trained(request.param)
+    report = quantize_artifact(artifact, ["int8", "float32", "float16", "dynamic"],
+                               representative_size=200, max_drop=100.0)
+    return request.param, artifact, report
+
+
+def images_of(artifact, n=24):
+    config = load_config(artifact / "config.yaml")
+    dataset = load_dataset(config.data, config.seed)
+    return dataset.val_images[:n], dataset.val_labels[:n]
+
+
+def test_every_mode_is_written_verified_and_recorded(quantized):
+    kind, artifact, report = quantized
+    card = load_card(artifact)
+    assert card.deployable and card.quantization["gate"]["passed"]
+    assert set(report["variants"]) == {"int8", "float32", "float16", "dynamic"}
+    assert report["variants"]["int8"]["file"] == "model.tflite"
+    for mode, variant in report["variants"].items():
+        assert (artifact / variant["file"]).stat().st_size == variant["bytes"], mode
+        assert card.files[variant["file"]]["sha256"] == variant["sha256"]
+        assert 0.0 <= variant["accuracy"] <= 1.0 and variant["latency_ms_batch1"] > 0
+    assert report["variants"]["float32"]["agreement"] == 1.0
+    assert report["variants"]["float32"]["max_abs_probability_error"] < 1e-4
+    assert report["variants"]["int8"]["agreement"] >= 0.9
+    assert report["variants"]["int8"]["bytes"] < 0.4 * report["variants"]["float32"]["bytes"]
+    assert card.model["cam"]["head"] == ("gap" if kind == "gap" else "gradient")
+
+
+def test_int8_takes_uint8_pixels_and_gives_probabilities(quantized):
+    _, artifact, _ = quantized
+    model = TFLiteModel(artifact / "model.tflite")
+    assert model.input_dtype == np.uint8
+    images, _ = images_of(artifact, 4)
+    probabilities = model.classify(images)
+    assert probabilities.shape == (4, 6) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=0.02)
+
+
+def reference_cam_inputs(artifact, images, targets):
+    """The keras-io Grad-CAM example's method: GradientTape on the Keras model."""
+    model = keras.models.load_model(artifact / "model.keras", compile=False)
+    grad_model = keras.Model(model.input, [model.get_layer("features").output,
+                                           model.get_layer("logits").output])
+    x = tf.constant(images.astype(np.float32))
+    with tf.GradientTape() as tape:
+        activations, logits = grad_model(x, training=False)
+        score = tf.reduce_sum(logits * tf.one_hot(targets, logits.shape[-1]), axis=1)
+    return activations.numpy(), tape.gradient(score, activations).numpy()
+
+
+def tflite_cam_inputs(artifact, file, images, targets):
+    card = load_card(artifact)
+    head = card.model["cam"]["head_weights"]
+    weights = np.load(artifact / head, allow_pickle=False) if head else None
+    _, activations, gradients, _ = activations_and_gradients(
+        TFLiteModel(artifact / file), images, targets, weights)
+    return activations, gradients
+
+
+def correlations(a, b):
+    return np.array([np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, b, strict=True)])
+
+
+def test_float_heatmaps_match_the_gradient_tape_reference(quantized):
+    _, artifact, _ = quantized
+    images, targets = images_of(artifact)
+    gradcam = get_method("gradcam")
+    reference = gradcam(*reference_cam_inputs(artifact, images, targets))
+    heatmaps = gradcam(*tflite_cam_inputs(artifact, "model.float32.tflite", images, targets))
+    informative = reference.std(axis=(1, 2)) > 0  # a flat map has no correlation to speak of
+    assert informative.mean() >= 0.5  # a small seed CNN gives some all-negative (flat) maps
+    assert correlations(heatmaps, reference)[informative].min() >= 0.9999
+    assert np.abs(heatmaps - reference).max() <= 1e-4
+
+
+def test_int8_heatmaps_track_the_reference(quantized):
+    _, artifact, _ = quantized
+    images, targets = images_of(artifact)
+    gradcam = get_method("gradcam")
+    reference = gradcam(*reference_cam_inputs(artifact, images, targets))
+    heatmaps = gradcam(*tflite_cam_inputs(artifact, "model.tflite", images, targets))
+    informative = reference.std(axis=(1, 2)) > 0
+    r = correlations(heatmaps, reference)[informative]
+    # int8 activations carry ~8 bits; with the tiny test model's 64 feature channels the
+    # heatmaps reach r ~0.996 mean. The issue's 0.999 / 0.99 targets are measured on the wide
+    # CIFAR model in the benchmarks (docs/benchmarks.md), not here.
+    assert r.mean() >= 0.99 and r.min() >= 0.9, r
+
+
+def test_batched_equals_per_image(quantized):
+    _, artifact, _ = quantized
+    images, targets = images_of(artifact, 6)
+    batched = tflite_cam_inputs(artifact, "model.tflite", images, targets)
+    for i in range(len(images)):
+        single = tflite_cam_inputs(artifact, "model.tflite", images[i:i + 1], targets[i:i + 1])
+        np.testing.assert_allclose(single[0][0], batched[0][i], atol=1e-6)
+        np.testing.assert_allclose(single[1][0], batched[1][i], atol=1e-6)
+
+
+def test_the_gate_refuses_a_model_that_lost_too_much(trained):
+    artifact = trained("gap")
+    with pytest.raises(QuantizationGateError, match="int8 lost .* points"):
+        quantize_artifact(artifact, ["int8"], representative_size=50, max_drop=-100.0)
+    card = load_card(artifact)
+    assert card.deployable is False and card.quantization["gate"]["passed"] is False

@@ -1,0 +1,147 @@
+"""The TFLite signatures of a trained model: ``classify`` and ``cam_inputs`` for Grad-CAM.
+
+Facts that shape this module (measured with TensorFlow 2.21, Keras 3.15, LiteRT 2.3):
+- Export goes through ``keras.export.ExportArchive``. A plain ``tf.Module`` wrapper converts
+  silently with all-zero weights.
+- ``ReluGrad`` is not a TFLite builtin, so the head is re-applied here with activations whose
+  gradients are written in builtin ops (``dy * cast(x > 0)``).
+- A dynamic batch needs ``tape.gradient(logits, activations, output_gradients=onehot)`` with
+  ``watch_accessed_variables=False``. Anything else pulls in ``BroadcastGradientArgs``, a
+  Select-TF op.
+- When the features reach the logits through a global average pool followed by affine layers
+  only, the gradient of logit c is ``W_eff[:, c] / (h * w)`` at every position. No gradient
+  graph is needed then, only the feature map and ``W_eff``, which is stored beside the model as
+  ``cam_head.npy``. This is the cheapest path, and the most accurate one in int8.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.models import FEATURE_LAYER, LOGITS_LAYER
+
+__all__ = ["affine_head", "export_saved_model", "head_layers"]
+
+_AFFINE = (keras.layers.Dropout, keras.layers.Rescaling, keras.layers.Dense)
+
+
+@tf.custom_gradient
+def _relu(x):
+    def grad(dy):
+        return dy * tf.cast(x > 0, dy.dtype)
+
+    return tf.maximum(x, 0.0), grad
+
+
+@tf.custom_gradient
+def _hard_swish(x):
+    """x * relu6(x + 3) / 6, with a gradient made of builtin ops."""
+    def grad(dy):
+        inside = tf.cast(tf.logical_and(x > -3.0, x < 3.0), dy.dtype)
+        upper = tf.cast(x >= 3.0, dy.dtype)
+        return dy * (inside * (2.0 * x + 3.0) / 6.0 + upper)
+
+    return x * tf.clip_by_value(x + 3.0, 0.0, 6.0) / 6.0, grad
+
+
+_ACTIVATIONS = {"linear": tf.identity, "relu": _relu, "hard_silu": _hard_swish,
+                "hard_swish": _hard_swish}
+
+
+def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers from just after the feature map up to and including the logits."""
+    names = [layer.name for layer in model.layers]
+    start, stop = names.index(FEATURE_LAYER) + 1, names.index(LOGITS_LAYER) + 1
+    return model.layers[start:stop]
+
+
+def affine_head(model: keras.Model) -> np.ndarray | None:
+    """W_eff (C, classes) when features -> GAP -> affine layers -> logits, else None."""
+    layers = head_layers(model)
+    if not isinstance(layers[0], keras.layers.GlobalAveragePooling2D):
+        return None
+    if not all(isinstance(layer, _AFFINE) for layer in layers[1:]):
+        return None
+    if any(isinstance(layer, keras.layers.Dense) and layer.activation.__name__ != "linear"
+           for layer in layers[1:]):
+        return None
+    channels = model.get_layer(FEATURE_LAYER).output.shape[-1]
+    identity = np.eye(channels, dtype=np.float32)
+    zeros = np.zeros((1, channels), dtype=np.float32)
+    weights = _apply(layers[1:], identity) - _apply(layers[1:], zeros)  # (C, classes)
+    return weights.astype(np.float32)
+
+
+def _apply(layers, x):
+    for layer in layers:
+        x = layer(x, training=False)
+    return keras.ops.convert_to_numpy(x)
+
+
+def _head_fn(layers):
+    """The head as TensorFlow ops with TFLite-friendly activation gradients."""
+    def head(x):
+        for layer in layers:
+            if isinstance(layer, keras.layers.Dense):
+                activation = layer.activation.__name__
+                if activation not in _ACTIVATIONS:
+                    raise NotImplementedError(
+                        f"Grad-CAM export: activation {activation!r} in layer {layer.name!r}")
+                x = tf.matmul(x, layer.kernel) + (layer.bias if layer.use_bias else 0.0)
+                x = _ACTIVATIONS[activation](x)
+            elif isinstance(layer, keras.layers.Flatten):
+                x = tf.reshape(x, [tf.shape(x)[0], -1])
+            elif isinstance(layer, keras.layers.GlobalAveragePooling2D):
+                x = tf.reduce_mean(x, axis=[1, 2])
+            elif isinstance(layer, keras.layers.Rescaling):
+                x = x * layer.scale + layer.offset
+            elif not isinstance(layer, keras.layers.Dropout):
+                raise NotImplementedError(
+                    f"Grad-CAM export: layer {layer.name!r} ({type(layer).__name__}) in the head")
+        return x
+
+    return head
+
+
+def export_saved_model(model: keras.Model, directory: str) -> str:
+    """Write a SavedModel with ``classify`` and ``cam_inputs``; return the head kind."""
+    features = model.get_layer(FEATURE_LAYER).output
+    two_outputs = keras.Model(model.input, [model.output, features], name="cam_model")
+    height, width, channels = model.input_shape[1:]
+    image = tf.TensorSpec([None, height, width, channels], tf.float32, name="image")
+    archive = keras.export.ExportArchive()
+    archive.track(two_outputs)
+
+    def classify(image):
+        return {"probabilities": two_outputs(image, training=False)[0]}
+
+    archive.add_endpoint("classify", classify, input_signature=[image])
+    if affine_head(model) is not None:
+        def cam_inputs(image):
+            probabilities, activations = two_outputs(image, training=False)
+            return {"probabilities": probabilities, "activations": activations}
+
+        archive.add_endpoint("cam_inputs", cam_inputs, input_signature=[image])
+        kind = "gap"
+    else:
+        head = _head_fn(head_layers(model))
+        features_model = keras.Model(model.input, features)
+        archive.track(features_model)
+        classes = model.output.shape[-1]
+        onehot = tf.TensorSpec([None, classes], tf.float32, name="class_onehot")
+
+        def cam_inputs_with_target(image, class_onehot):
+            activations = features_model(image, training=False)
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(activations)
+                logits = head(activations)
+            gradients = tape.gradient(logits, activations, output_gradients=class_onehot)
+            return {"probabilities": tf.nn.softmax(logits), "activations": activations,
+                    "gradients": gradients}
+
+        archive.add_endpoint("cam_inputs", cam_inputs_with_target, input_signature=[image, onehot])
+        kind = "gradient"
+    archive.write_out(directory, verbose=False)
+    return kind
