@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="training images used to calibrate int8 (default 500)")
     quantize.add_argument("--max-drop", type=float, default=1.0,
                           help="largest int8 top-1 loss against Keras, in points (default 1.0)")
+
+    report = commands.add_parser("report", help="write the visual HTML report of an artifact")
+    report.add_argument("artifact", type=Path)
     return parser
 
 
@@ -81,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             report = quantize_artifact(args.artifact, args.modes or ["int8", "float32"],
                                        args.representative_size, args.max_drop)
             print(format_quantization(report))
+        elif args.command == "report":
+            if not args.artifact.is_dir():
+                raise UserError(f"artifact directory not found: {args.artifact}")
+            from training.report import write_report
+
+            print(f"report written: {write_report(args.artifact)}")
         else:
             from training.evaluate import evaluate_artifact, format_metrics
 
