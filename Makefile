@@ -14,7 +14,10 @@ PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install train evaluate demo test lint clean distclean bench-train
+MODES    ?= --mode int8 --mode float32 --mode float16 --mode dynamic
+
+.PHONY: install system-deps train evaluate quantize report demo test lint clean distclean \
+        bench bench-train bench-quantize
 
 install: $(STAMP)
 
@@ -23,30 +26,61 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[train,serve,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+# Debian packages the tests use: headless Chromium opens the HTML report.
+system-deps:
+	@command -v chromium >/dev/null || { \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	    else echo "system-deps: run as root or install chromium yourself"; fi; }
+
 train: install
 	$(BIN)/python -m training train --config $(CONFIG) $(addprefix --set ,$(SET))
 
 evaluate: install
 	$(BIN)/python -m training evaluate $(ARTIFACT)
 
-demo: train evaluate
-	@echo "demo: artifact in $$(readlink -f $(ARTIFACT)); card: $(ARTIFACT)/card.json"
+quantize: install
+	$(BIN)/python -m training quantize $(ARTIFACT) $(MODES)
 
-test: install
+report: install
+	$(BIN)/python -m training report $(ARTIFACT)
+
+demo: train evaluate quantize report
+	@echo "demo: artifact $$(readlink -f $(ARTIFACT))"
+	@echo "      card $(ARTIFACT)/card.json, report $(ARTIFACT)/report.html"
+
+test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check training serving tests
+	$(BIN)/ruff check training serving tests benchmarks
 
 # CIFAR-10 accuracy in bounded time on this machine's CPU (see docs/benchmarks.md).
-bench-train: install
+bench-# Debian packages the tests use: headless Chromium opens the HTML report.
+system-deps:
+	@command -v chromium >/dev/null || { \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	    else echo "system-deps: run as root or install chromium yourself"; fi; }
+
+train: install
 	mkdir -p artifacts
 	$(BIN)/python -m training train --config training/configs/cifar10_fast.yaml \
 	    --set data.path=$(CIFAR) $(addprefix --set ,$(SET)) 2>&1 | tee artifacts/bench-train.log
+
+# Quantized variants side by side: size, LiteRT latency at batch 1 and 32, heatmap cost.
+bench-quantize: install
+	$(BIN)/python benchmarks/bench_quantize.py $(ARTIFACT)
+
+bench: bench-quantize
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-distclean: clean
+dist# Quantized variants side by side: size, LiteRT latency at batch 1 and 32, heatmap cost.
+bench-quantize: install
+	$(BIN)/python benchmarks/bench_quantize.py $(ARTIFACT)
+
+bench: bench-quantize
+
+clean: clean
 	rm -rf $(VENV) *.egg-info

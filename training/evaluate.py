@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.card import load_card, save_card
-from training.errors import UserError
+from serving.card import save_card
 
 __all__ = ["classification_metrics", "evaluate_artifact", "format_metrics", "predict"]
 
@@ -73,23 +72,15 @@ def format_metrics(metrics: dict) -> str:
 
 def evaluate_artifact(artifact_dir: str | Path, tta_flip: bool | None = None) -> dict:
     """Reload the artifact's model and dataset split, recompute the metrics, update the card."""
-    import keras
+    from training.artifact import load_artifact
 
-    from training.config import load_config
-    from training.data import load_dataset
-
-    artifact_dir = Path(artifact_dir)
-    if not (artifact_dir / "model.keras").is_file():
-        raise UserError(f"{artifact_dir} is not a training artifact (no model.keras)")
-    card = load_card(artifact_dir)
-    config = load_config(artifact_dir / "config.yaml")
-    dataset = load_dataset(config.data, config.seed)
+    artifact = load_artifact(artifact_dir)
+    card, config, dataset = artifact.card, artifact.config, artifact.dataset
     if dataset.fingerprint() != card.dataset.get("fingerprint"):
         log.warning("the dataset changed since training (fingerprint differs); "
                     "metrics describe today's data")
-    model = keras.models.load_model(artifact_dir / "model.keras", compile=False)
     tta = config.eval.tta_flip if tta_flip is None else tta_flip
-    probabilities = predict(model, dataset.val_images, config.batch_size, tta)
+    probabilities = predict(artifact.model, dataset.val_images, config.batch_size, tta)
     metrics = classification_metrics(dataset.val_labels, probabilities, dataset.class_names)
     card.metrics["evaluation"] = {**metrics, "tta_flip": tta}
     save_card(card, artifact_dir)

@@ -28,11 +28,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from serving.card import load_card, save_card
+from serving.card import save_card
 from serving.interpreter import TFLiteModel
 from training import models
+from training.artifact import load_artifact
 from training.cam_export import affine_head, export_saved_model
-from training.config import load_config
 from training.errors import UserError
 from training.export import file_digest
 
@@ -50,19 +50,13 @@ class QuantizationGateError(UserError):
 
 def quantize_artifact(artifact_dir: str | Path, modes: list[str] = ("int8",),
                       representative_size: int = 500, max_drop: float = 1.0) -> dict:
-    from training.data import load_dataset
-
     artifact_dir = Path(artifact_dir)
     for mode in modes:
         if mode not in MODES:
             raise UserError(f"unknown quantization mode {mode!r}; known: {', '.join(MODES)}")
-    if not (artifact_dir / "model.keras").is_file():
-        raise UserError(f"{artifact_dir} is not a training artifact (no model.keras)")
-    card = load_card(artifact_dir)
-    config = load_config(artifact_dir / "config.yaml")
-    dataset = load_dataset(config.data, config.seed)
-    trained = keras.models.load_model(artifact_dir / "model.keras", compile=False)
-    model = _float32_model(trained, config, card)
+    artifact = load_artifact(artifact_dir)
+    card, config, dataset = artifact.card, artifact.config, artifact.dataset
+    model = _float32_model(artifact.model, config, card)
     keras_probabilities = model.predict(dataset.val_images.astype(np.float32), batch_size=256,
                                         verbose=0)
     keras_accuracy = float((keras_probabilities.argmax(1) == dataset.val_labels).mean())

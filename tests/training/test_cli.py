@@ -63,9 +63,19 @@ def test_corrupt_only_dataset(tmp_path):
                       "could be decoded")
 
 
-def test_evaluate_missing_artifact(tmp_path):
-    assert_user_error(run("evaluate", str(tmp_path / "nope")), "artifact directory not found")
-    assert_user_error(run("evaluate", str(tmp_path)), "is not a training artifact")
+@pytest.mark.parametrize("command", ["evaluate", "quantize", "report"])
+def test_commands_on_a_missing_artifact(tmp_path, command):
+    assert_user_error(run(command, str(tmp_path / "nope")), "artifact directory not found")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "quantize"])
+def test_commands_on_a_directory_that_is_no_artifact(tmp_path, command):
+    assert_user_error(run(command, str(tmp_path)), "is not a training artifact")
+
+
+def test_quantize_rejects_an_unknown_mode(tmp_path):
+    result = run("quantize", str(tmp_path), "--mode", "int4")
+    assert result.returncode == 2 and "invalid choice: 'int4'" in result.stderr
 
 
 def test_train_multiworker_single_process_from_the_command_line(tmp_path):

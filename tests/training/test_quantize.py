@@ -81,26 +81,27 @@ def correlations(a, b):
     return np.array([np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, b, strict=True)])
 
 
-def test_float_heatmaps_match_the_gradient_tape_reference(quantized):
-    _, artifact, _ = quantized
+def served_and_reference_heatmaps(artifact, file):
+    """Grad-CAM from the TFLite file and from the Keras reference, for informative maps only
+    (a flat map has no correlation to speak of)."""
     images, targets = images_of(artifact)
     gradcam = get_method("gradcam")
     reference = gradcam(*reference_cam_inputs(artifact, images, targets))
-    heatmaps = gradcam(*tflite_cam_inputs(artifact, "model.float32.tflite", images, targets))
-    informative = reference.std(axis=(1, 2)) > 0  # a flat map has no correlation to speak of
+    heatmaps = gradcam(*tflite_cam_inputs(artifact, file, images, targets))
+    informative = reference.std(axis=(1, 2)) > 0
     assert informative.mean() >= 0.5  # a small seed CNN gives some all-negative (flat) maps
-    assert correlations(heatmaps, reference)[informative].min() >= 0.9999
+    return heatmaps[informative], reference[informative]
+
+
+def test_float_heatmaps_match_the_gradient_tape_reference(quantized):
+    heatmaps, reference = served_and_reference_heatmaps(quantized[1], "model.float32.tflite")
+    assert correlations(heatmaps, reference).min() >= 0.9999
     assert np.abs(heatmaps - reference).max() <= 1e-4
 
 
 def test_int8_heatmaps_track_the_reference(quantized):
-    _, artifact, _ = quantized
-    images, targets = images_of(artifact)
-    gradcam = get_method("gradcam")
-    reference = gradcam(*reference_cam_inputs(artifact, images, targets))
-    heatmaps = gradcam(*tflite_cam_inputs(artifact, "model.tflite", images, targets))
-    informative = reference.std(axis=(1, 2)) > 0
-    r = correlations(heatmaps, reference)[informative]
+    heatmaps, reference = served_and_reference_heatmaps(quantized[1], "model.tflite")
+    r = correlations(heatmaps, reference)
     # int8 activations carry ~8 bits; with the tiny test model's 64 feature channels the
     # heatmaps reach r ~0.996 mean. The issue's 0.999 / 0.99 targets are measured on the wide
     # CIFAR model in the benchmarks (docs/benchmarks.md), not here.

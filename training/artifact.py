@@ -1,0 +1,44 @@
+"""Reading a training artifact back: its card, resolved config, dataset split and Keras model.
+
+Evaluation, quantization and the report all start here. The dataset is regenerated from the
+config, so the split matches training exactly, because the seed is the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.card import ModelCard, load_card
+from training.config import Config, load_config
+from training.errors import UserError
+
+__all__ = ["Artifact", "load_artifact"]
+
+
+@dataclass
+class Artifact:
+    path: Path
+    card: ModelCard
+    config: Config
+    dataset: object  # training.data.Dataset
+    model: object  # keras.Model, without its optimizer
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    import keras
+
+    from training.data import load_dataset
+
+    path = Path(path)
+    if not (path / "model.keras").is_file():
+        raise UserError(f"{path} is not a training artifact (no model.keras)")
+    card = load_card(path)
+    config = load_config(path / "config.yaml")
+    return Artifact(
+        path=path,
+        card=card,
+        config=config,
+        dataset=load_dataset(config.data, config.seed),
+        model=keras.models.load_model(path / "model.keras", compile=False),
+    )
