@@ -69,6 +69,7 @@ train: install
 # Quantized variants side by side: size, LiteRT latency at batch 1 and 32, heatmap cost.
 bench-quantize: install
 	$(BIN)/python benchmarks/bench_quantize.py $(ARTIFACT)
+	$(BIN)/python benchmarks/cam_parity.py $(ARTIFACT)
 
 bench: bench-quantize
 
@@ -79,6 +80,7 @@ clean:
 dist# Quantized variants side by side: size, LiteRT latency at batch 1 and 32, heatmap cost.
 bench-quantize: install
 	$(BIN)/python benchmarks/bench_quantize.py $(ARTIFACT)
+	$(BIN)/python benchmarks/cam_parity.py $(ARTIFACT)
 
 bench: bench-quantize
 

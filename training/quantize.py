@@ -103,7 +103,7 @@ def quantize_artifact(artifact_dir: str | Path, modes: list[str] = ("int8",),
 def _float32_model(model: keras.Model, config, card) -> keras.Model:
     """A mixed-precision model is rebuilt in float32 with its weights copied: TFLite's
     converter and the int8 calibrator expect float32 graphs."""
-    if model.dtype_policy.name == "float32":
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")

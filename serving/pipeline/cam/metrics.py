@@ -32,26 +32,40 @@ __all__ = [
 ]
 
 Predict = Callable[[np.ndarray], np.ndarray]
+TIE = 1e-6  # values within this fraction of a map's maximum count as the maximum
 
 
 def peaks(maps: np.ndarray) -> np.ndarray:
-    """(N, H, W) maps -> (N, 2) integer (y, x) of each map's maximum (the first in raster order
-    where several pixels share it)."""
-    maps = _maps(maps)
-    n, _, width = maps.shape
-    flat = maps.reshape(n, -1).argmax(axis=1)
-    return np.stack([flat // width, flat % width], axis=1)
+    """(N, H, W) maps -> (N, 2) integer (y, x) of each map's maximum; (-1, -1) for a flat map,
+    which points nowhere.
+
+    Where several pixels share the maximum (an upsampled map is flat near the border, where the
+    filter clamps) the peak is the one nearest their centroid, not the first in raster order,
+    which would always be the plateau's top-left corner.
+    """
+    maps = _maps(maps).astype(np.float64)
+    n, height, width = maps.shape
+    flat = maps.reshape(n, -1)
+    high, low = flat.max(axis=1), flat.min(axis=1)
+    out = np.full((n, 2), -1, dtype=np.int64)
+    ys, xs = np.divmod(np.arange(height * width), width)
+    for i in np.flatnonzero(high - low > TIE * np.maximum(np.abs(high), 1e-300)):
+        tied = np.flatnonzero(flat[i] >= high[i] - TIE * abs(high[i]))
+        cy, cx = ys[tied].mean(), xs[tied].mean()
+        best = tied[np.argmin((ys[tied] - cy) ** 2 + (xs[tied] - cx) ** 2)]
+        out[i] = ys[best], xs[best]
+    return out
 
 
 def pointing_game(maps: np.ndarray, boxes: np.ndarray, tolerance: int = 0) -> np.ndarray:
     """(N,) bool: the peak of map i lies in box i, (x0, y0, x1, y1) with x1 and y1 exclusive,
-    grown by ``tolerance`` pixels on every side."""
+    grown by ``tolerance`` pixels on every side. A flat map has no peak: a miss."""
     boxes = np.asarray(boxes)
     if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) != len(maps):
         raise ValueError(f"boxes must be (N, 4) for {len(maps)} maps; got shape {boxes.shape}")
     y, x = peaks(maps).T
     x0, y0, x1, y1 = boxes.T
-    return ((x0 - tolerance <= x) & (x < x1 + tolerance)
+    return ((x >= 0) & (x0 - tolerance <= x) & (x < x1 + tolerance)
             & (y0 - tolerance <= y) & (y < y1 + tolerance))
 
 
