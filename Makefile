@@ -55,13 +55,7 @@ lint: install
 	$(BIN)/ruff check training serving tests benchmarks
 
 # CIFAR-10 accuracy in bounded time on this machine's CPU (see docs/benchmarks.md).
-bench-# Debian packages the tests use: headless Chromium opens the HTML report.
-system-deps:
-	@command -v chromium >/dev/null || { \
-	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
-	    else echo "system-deps: run as root or install chromium yourself"; fi; }
-
-train: install
+bench-train: install
 	mkdir -p artifacts
 	$(BIN)/python -m training train --config training/configs/cifar10_fast.yaml \
 	    --set data.path=$(CIFAR) $(addprefix --set ,$(SET)) 2>&1 | tee artifacts/bench-train.log
