@@ -71,12 +71,5 @@ clean:
 	rm -rf artifacts .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-dist# Quantized variants side by side: size, LiteRT latency at batch 1 and 32, heatmap cost.
-bench-quantize: install
-	$(BIN)/python benchmarks/bench_quantize.py $(ARTIFACT)
-	$(BIN)/python benchmarks/cam_parity.py $(ARTIFACT)
-
-bench: bench-quantize
-
-clean: clean
+distclean: clean
 	rm -rf $(VENV) *.egg-info
