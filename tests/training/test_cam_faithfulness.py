@@ -10,7 +10,8 @@ on the int8 TFLite model exactly as serving runs it (``activations_and_gradients
 
 One small model is trained once for the module (see ``RECIPE``). Each test prints its figures
 (run with ``-s``) and asserts bounds that an image-independent or model-independent heatmap
-fails. Everything is seeded.
+fails. Everything is seeded, but threaded TensorFlow training is not repeatable bit for bit:
+the figures move by about 0.01-0.02 from run to run, and the bounds leave room for that.
 """
 
 import shutil
@@ -30,6 +31,7 @@ from serving.pipeline.cam.metrics import (
     deletion_auc,
     deletion_curves,
     map_correlation,
+    peaks,
     pointing_game,
 )
 from serving.pipeline.explain import activations_and_gradients
@@ -41,13 +43,24 @@ from training.train import train
 
 pytestmark = pytest.mark.slow
 
-IMAGE_SIZE = 48  # a 5x5 CAM feature map; 32 px gives 3x3, too coarse to point inside a box
+# 57 px = 8 * 7 + 1: the 2x2 valid whitening conv leaves 56 px, which the three 2x max-pools
+# halve exactly, to a 7x7 CAM feature map. At the default 32 px the map is 3x3, too coarse to
+# point inside a box: a 99.3% model trained at 32 px (6,000 images, 12 epochs) measured Grad-CAM's
+# pointing game at 0.78 (0 px), 0.90 (2 px tolerance) and 0.68 on the off-centre images.
+IMAGE_SIZE = 57
+# Measured on 2 CPU cores: about 60 s fitting 4,000 images for 10 epochs, 99.6% validation
+# accuracy on the other 1,000, int8 the same within 0.1 point (12 epochs: 66-109 s, 99.8-99.9%,
+# the same heatmap figures). No rotation or zoom: the shapes stay in their boxes, and the
+# augmentation is cheaper.
 RECIPE = [
-    f"data.image_size={IMAGE_SIZE}", "data.num_images=4000", "data.validation_fraction=0.1",
-    "epochs=12", "tensorboard=false", "early_stopping_patience=0",
+    f"data.image_size={IMAGE_SIZE}", "data.num_images=5000", "data.validation_fraction=0.2",
+    "epochs=10", "augment.rotation=0", "augment.zoom=0", "tensorboard=false",
+    "early_stopping_patience=0",
 ]
 SEED = 42
 SHAPES_CONFIG = Path(training.__file__).parent / "configs" / "shapes.yaml"
+# Zhang et al. count a hit within 15 px of the box on 224 px images; the same share of the side.
+TOLERANCE = round(15 * IMAGE_SIZE / 224)  # 4 px
 DELETION_STEPS = 16  # 1/16 of the pixels per step
 DELETION_IMAGES = 200
 RANDOM_MAPS = 4  # random saliency maps per image, averaged, for the deletion baseline
@@ -63,32 +76,38 @@ def setup(tmp_path_factory):
     config = load_config(SHAPES_CONFIG,
                          [f"output_dir={out}", "name=shapes", f"seed={SEED}", *RECIPE])
     started = time.perf_counter()
-    artifact = train(config, out / "trained")
-    trained_s = time.perf_counter() - started
-    quantize_artifact(artifact, ["int8", "float32"], representative_size=200, max_drop=100.0)
-    card = load_card(artifact)
-    log(f"recipe {RECIPE}: trained in {trained_s:.0f} s "
-        f"({card.training['seconds']:.0f} s fitting), validation accuracy "
-        f"{card.metrics['validation']['accuracy']:.4f}, int8 "
-        f"{card.quantization['variants']['int8']['accuracy']:.4f}, "
-        f"{time.perf_counter() - started:.0f} s with quantisation")
-
-    randomised = out / "randomised"
-    randomised.mkdir()
-    for name in ("model.keras", "config.yaml", "card.json"):
-        shutil.copy2(artifact / name, randomised / name)
-    keras.utils.set_random_seed(SEED + 1)
-    fresh = models.build_model(  # every layer at its random start, the whitening conv too
-        config.model, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), num_classes=card.num_classes,
-        mean=card.normalization["mean"], std=card.normalization["std"])
-    fresh.save(randomised / "model.keras")
-    quantize_artifact(randomised, ["int8"], representative_size=200, max_drop=100.0)
-
     dataset = load_dataset(config.data, config.seed)
+    artifact = train(config, out / "trained", dataset=dataset)
+    trained_s = time.perf_counter() - started
+    with pytest.MonkeyPatch.context() as patch:
+        # quantize_artifact would draw the same images again (5 s each time)
+        patch.setattr("training.data.load_dataset", lambda *_: dataset)
+        quantize_artifact(artifact, ["int8", "float32"], representative_size=200, max_drop=100)
+        card = load_card(artifact)
+        log(f"recipe {RECIPE}: data and training {trained_s:.0f} s "
+            f"({card.training['seconds']:.0f} s fitting), validation accuracy "
+            f"{card.metrics['validation']['accuracy']:.4f}, int8 "
+            f"{card.quantization['variants']['int8']['accuracy']:.4f}; "
+            f"{time.perf_counter() - started:.0f} s with quantisation")
+
+        # Adebayo et al.'s full randomisation: every layer back at its random start, the
+        # data-set whitening conv too; the same architecture, input statistics and export path.
+        randomised = out / "randomised"
+        randomised.mkdir()
+        for name in ("config.yaml", "card.json"):
+            shutil.copy2(artifact / name, randomised / name)
+        keras.utils.set_random_seed(SEED + 1)
+        models.build_model(
+            config.model, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), num_classes=card.num_classes,
+            mean=card.normalization["mean"], std=card.normalization["std"],
+        ).save(randomised / "model.keras")
+        quantize_artifact(randomised, ["int8"], representative_size=200, max_drop=100)
+
     int8 = TFLiteModel(artifact / "model.tflite")
     predicted = int8.classify(dataset.val_images).argmax(axis=1)
     correct = np.flatnonzero(predicted == dataset.val_labels)
-    log(f"{len(correct)} of {len(predicted)} validation images classified correctly by int8")
+    log(f"{len(correct)} of {len(predicted)} validation images classified correctly by int8; "
+        f"set-up {time.perf_counter() - started:.0f} s")
     return {
         "artifact": artifact,
         "randomised": randomised,
@@ -113,27 +132,48 @@ def heatmaps(artifact, file, images, targets, methods=tuple(METHODS), upsample=T
     return maps
 
 
-def best_constant_pointing(boxes, size):
+def best_constant_pointing(boxes, size, tolerance):
     """The pointing-game rate of the best image-independent map: the single pixel that the
-    most boxes contain."""
+    most (grown) boxes contain."""
     x0, y0, x1, y1 = boxes.T[..., None, None]
     ys, xs = np.mgrid[:size, :size]
-    inside = (x0 <= xs) & (xs < x1) & (y0 <= ys) & (ys < y1)  # (N, size, size)
+    inside = ((x0 - tolerance <= xs) & (xs < x1 + tolerance)
+              & (y0 - tolerance <= ys) & (ys < y1 + tolerance))  # (N, size, size)
     return float(inside.mean(axis=0).max())
 
 
 def test_pointing_game(setup):
+    """Zhang et al.'s protocol, with their tolerance scaled to the image, and without one.
+    The shapes are large (a box covers 28% of the image on average) and the image centre lies
+    in 82% of the boxes, so a map that always points at the centre would do well on all
+    images. The "off-centre" images, whose box misses the centre, are where a map must look."""
     images, labels, boxes = setup["images"], setup["labels"], setup["boxes"]
     maps = heatmaps(setup["artifact"], "model.tflite", images, labels)
-    rates = {name: float(pointing_game(m, boxes).mean()) for name, m in maps.items()}
-    constant = best_constant_pointing(boxes, IMAGE_SIZE)
-    log(f"pointing game, int8, {len(images)} correct images: "
-        + ", ".join(f"{name} {rate:.3f}" for name, rate in rates.items())
-        + f"; best image-independent point {constant:.3f}")
+    x0, y0, x1, y1 = boxes.T
+    centre = IMAGE_SIZE // 2
+    off = ~((x0 <= centre) & (centre < x1) & (y0 <= centre) & (centre < y1))
+    rates = {name: float(pointing_game(m, boxes, TOLERANCE).mean()) for name, m in maps.items()}
+    hits = {name: pointing_game(m, boxes) for name, m in maps.items()}
+    strict = {name: float(h.mean()) for name, h in hits.items()}
+    off_rates = {name: float(h[off].mean()) for name, h in hits.items()}
+    constant = best_constant_pointing(boxes, IMAGE_SIZE, TOLERANCE)
+    constant_strict = best_constant_pointing(boxes, IMAGE_SIZE, 0)
+    constant_off = best_constant_pointing(boxes[off], IMAGE_SIZE, 0)
+    log(f"pointing game, int8, {len(images)} correctly classified images, "
+        f"rate with {TOLERANCE} px tolerance | 0 px | 0 px on the {off.sum()} off-centre "
+        "images: " + ", ".join(
+            f"{name} {rates[name]:.3f} | {strict[name]:.3f} | {off_rates[name]:.3f}"
+            for name in maps)
+        + f"; the best image-independent point {constant:.3f} | {constant_strict:.3f} | "
+        f"{constant_off:.3f}")
     assert rates["gradcam"] >= 0.95
-    assert rates["gradcam"] >= constant + 0.1  # an image-blind heatmap cannot get there
-    for name, rate in rates.items():
-        assert rate >= 0.85, name
+    assert strict["gradcam"] >= 0.92
+    assert off.sum() >= 50
+    assert off_rates["gradcam"] >= 0.9
+    assert off_rates["gradcam"] >= constant_off + 0.4  # an image-blind map cannot get there
+    for name in maps:
+        assert rates[name] >= 0.9, name
+        assert off_rates[name] >= 0.8, name
 
 
 def blurred(images, radius):
@@ -166,7 +206,8 @@ def test_deletion_beats_random_maps(setup):
         f"gradcam {cam_auc.mean():.3f}, random maps {random_auc.mean():.3f} "
         f"(mean of {RANDOM_MAPS}); gradcam lower on {wins:.0%} of images")
     assert cam_auc.mean() < random_auc.mean()
-    assert wins >= 0.5
+    assert cam_auc.mean() <= 0.8 * random_auc.mean()
+    assert wins >= 0.7
 
 
 def test_randomised_model_gives_different_heatmaps(setup):
@@ -175,6 +216,8 @@ def test_randomised_model_gives_different_heatmaps(setup):
     same_float = heatmaps(setup["artifact"], "model.float32.tflite", images, labels,
                           ("gradcam",))
     randomised = heatmaps(setup["randomised"], "model.tflite", images, labels, ("gradcam",))
+    # A flat map (every position negative before the ReLU: 13% of the randomised model's) has
+    # no correlation to speak of; it is left out, and the share of the rest is bounded.
     figures = {}
     for method in ("pearson", "spearman"):
         control = map_correlation(trained["gradcam"], same_float["gradcam"], method)
@@ -200,6 +243,15 @@ def test_pointing_game_counts_a_peak_inside_the_box_only():
     boxes = np.array([[5, 2, 7, 4]] * 3)
     assert pointing_game(maps, boxes).tolist() == [True, False, False]
     assert pointing_game(maps, boxes, tolerance=1).tolist() == [True, True, True]
+    # A flat map points nowhere; an even plateau points at its middle, not its top-left corner.
+    plateau = np.zeros((2, 8, 8), np.float32)
+    plateau[1, :3, :5] = 1.0
+    assert peaks(plateau).tolist() == [[-1, -1], [1, 2]]
+    assert pointing_game(plateau, [[0, 0, 8, 8], [1, 1, 4, 4]]).tolist() == [False, True]
+    # Upsampled, a corner cell's maximum is a plateau from the border to the cell's centre
+    # (pixel 4.8 of 32 for a 3x3 map); its inner end, towards the heat, is the peak.
+    corner = render.upsample(np.array([[[1.0, 0.5, 0], [0.5, 0.3, 0], [0, 0, 0]]]), 32, 32)
+    assert (corner[0, :5, :5] == 1).all() and peaks(corner).tolist() == [[4, 4]]
 
 
 def test_deletion_auc_ranks_a_faithful_map_below_an_unfaithful_one():

@@ -39,9 +39,11 @@ def peaks(maps: np.ndarray) -> np.ndarray:
     """(N, H, W) maps -> (N, 2) integer (y, x) of each map's maximum; (-1, -1) for a flat map,
     which points nowhere.
 
-    Where several pixels share the maximum (an upsampled map is flat near the border, where the
-    filter clamps) the peak is the one nearest their centroid, not the first in raster order,
-    which would always be the plateau's top-left corner.
+    Several pixels can share the maximum: an upsampled map is flat between its outermost cell
+    centres and the border, where the filter clamps, so a peak in an edge cell is a plateau that
+    reaches the border. Of the tied pixels the peak is the one nearest the map's centre of mass
+    (the inner end of such a plateau: the cell's centre), not the first in raster order, which
+    would always be the plateau's top-left corner.
     """
     maps = _maps(maps).astype(np.float64)
     n, height, width = maps.shape
@@ -51,7 +53,8 @@ def peaks(maps: np.ndarray) -> np.ndarray:
     ys, xs = np.divmod(np.arange(height * width), width)
     for i in np.flatnonzero(high - low > TIE * np.maximum(np.abs(high), 1e-300)):
         tied = np.flatnonzero(flat[i] >= high[i] - TIE * abs(high[i]))
-        cy, cx = ys[tied].mean(), xs[tied].mean()
+        mass = flat[i] - low[i]
+        cy, cx = (mass @ ys) / mass.sum(), (mass @ xs) / mass.sum()
         best = tied[np.argmin((ys[tied] - cy) ** 2 + (xs[tied] - cx) ** 2)]
         out[i] = ys[best], xs[best]
     return out
