@@ -77,9 +77,9 @@ def train(config: Config, artifact_dir: Path | None = None,
     probabilities = predict(model, dataset.val_images, config.batch_size, config.eval.tta_flip)
     metrics = classification_metrics(dataset.val_labels, probabilities, dataset.class_names)
     epochs_run = len(history.history.get("loss", []))
+    images_per_second = epochs_run * steps_per_epoch * config.batch_size / max(seconds, 1e-9)
     log.info("validation accuracy %.4f after %d epochs in %.0f s (%.0f images/s)",
-             metrics["accuracy"], epochs_run, seconds,
-             epochs_run * steps_per_epoch * config.batch_size / max(seconds, 1e-9))
+             metrics["accuracy"], epochs_run, seconds, images_per_second)
     write_artifact(
         artifact_dir,
         model=model,
@@ -92,8 +92,7 @@ def train(config: Config, artifact_dir: Path | None = None,
         training={
             "epochs": epochs_run,
             "seconds": round(seconds, 1),
-            "images_per_second": round(epochs_run * steps_per_epoch * config.batch_size
-                                       / max(seconds, 1e-9), 1),
+            "images_per_second": round(images_per_second, 1),
             "precision": precision,
             "strategy": config.strategy,
             "tta_flip": config.eval.tta_flip,

@@ -38,6 +38,6 @@ def activations_and_gradients(model: TFLiteModel, images: np.ndarray,
     if targets is None:
         targets = probabilities.argmax(axis=1)
     n, h, w, c = activations.shape
-    per_image = head_weights[:, targets].T / (h * w)  # (N, C)
-    gradients = np.broadcast_to(per_image[:, None, None, :], (n, h, w, c))
-    return probabilities, activations, gradients.astype(np.float32), np.asarray(targets)
+    per_image = (head_weights[:, targets].T / (h * w)).astype(np.float32)  # (N, C)
+    gradients = np.broadcast_to(per_image[:, None, None, :], (n, h, w, c))  # a view, no copy
+    return probabilities, activations, gradients, np.asarray(targets)
