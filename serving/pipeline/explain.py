@@ -21,7 +21,10 @@ def activations_and_gradients(model: TFLiteModel, images: np.ndarray,
                               targets: np.ndarray | None = None,
                               head_weights: np.ndarray | None = None):
     """(N, H, W, 3) pixels, (N,) target classes or None for top-1 ->
-    (probabilities (N, K), activations (N, h, w, C), gradients (N, h, w, C), targets (N,))."""
+    (probabilities (N, K), activations (N, h, w, C), gradients, targets (N,)).
+
+    Gradients are (N, h, w, C), or (N, 1, 1, C) for a GAP head, where they are the same at every
+    position; the CAM methods take either."""
     if model.cam_needs_target:
         probabilities = None
         if targets is None:
@@ -38,6 +41,5 @@ def activations_and_gradients(model: TFLiteModel, images: np.ndarray,
     if targets is None:
         targets = probabilities.argmax(axis=1)
     n, h, w, c = activations.shape
-    per_image = (head_weights[:, targets].T / (h * w)).astype(np.float32)  # (N, C)
-    gradients = np.broadcast_to(per_image[:, None, None, :], (n, h, w, c))  # a view, no copy
+    gradients = (head_weights[:, targets].T / (h * w)).astype(np.float32).reshape(n, 1, 1, c)
     return probabilities, activations, gradients, np.asarray(targets)

@@ -3,7 +3,8 @@
 The contract, after pytorch-grad-cam's ``base_cam.py``: the model call happens elsewhere and
 hands over, for a batch of N images, the activations ``A`` of the CAM layer (usually the last
 convolution), shaped (N, h, w, C) channels-last, and the gradients ``G`` of each image's target
-class score with respect to ``A``, the same shape (``None`` for gradient-free methods).
+class score with respect to ``A``, the same shape or (N, 1, 1, C) when the gradient is the same
+at every position, as under a global-average-pool head (``None`` for gradient-free methods).
 Calling a method, ``method(A, G)``, returns (N, h, w) float32 maps in [0, 1], one per image,
 each computed independently of the rest of the batch; bad shapes, missing gradients and
 non-finite values raise ValueError.
@@ -35,7 +36,7 @@ class BaseCAM:
     def cam(self, activations: np.ndarray, gradients: np.ndarray | None) -> np.ndarray:
         """(N, h, w) raw map: relu(sum_c weights[n, c] * A[n, :, :, c])."""
         weights = self.channel_weights(activations, gradients)
-        return np.maximum(np.einsum("nhwc,nc->nhw", activations, weights), 0.0)
+        return np.maximum(np.matmul(activations, weights[:, None, :, None])[..., 0], 0.0)
 
     def __call__(self, activations: np.ndarray, gradients: np.ndarray | None = None) -> np.ndarray:
         """(N, h, w) float32 in [0, 1]: cam -> relu -> per-image min-max scaling."""
@@ -63,9 +64,11 @@ class BaseCAM:
                 raise ValueError(f"CAM method {self.name!r} needs gradients; got None")
             return activations, None
         gradients = np.asarray(gradients, dtype=np.float64)
-        if gradients.shape != activations.shape:
+        n, _, _, c = activations.shape
+        if gradients.shape not in (activations.shape, (n, 1, 1, c)):
             raise ValueError(
-                f"gradients shape {gradients.shape} != activations shape {activations.shape}"
+                f"gradients shape {gradients.shape} != activations shape {activations.shape} "
+                f"(or {(n, 1, 1, c)} for a gradient constant over positions)"
             )
         if not np.isfinite(gradients).all():
             raise ValueError("gradients contain NaN or infinite values")

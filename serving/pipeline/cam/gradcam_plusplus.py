@@ -20,6 +20,7 @@ class GradCAMPlusPlus(BaseCAM):
     name = "gradcam++"
 
     def channel_weights(self, activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+        gradients = np.broadcast_to(gradients, activations.shape)  # the sums run over positions
         grads_power_2 = gradients**2
         grads_power_3 = grads_power_2 * gradients
         # Equation 19 in https://arxiv.org/abs/1710.11063

@@ -142,3 +142,16 @@ def test_imports_no_tensorflow():
         "assert not any(m.startswith(('tensorflow', 'keras')) for m in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_gradient_constant_over_positions_may_come_compact(name):
+    """GAP heads hand over (N, 1, 1, C) gradients; every method must read them as the full,
+    repeated (N, h, w, C) array."""
+    rng = np.random.default_rng(5)
+    activations = rng.random((3, 4, 5, 6))
+    compact = rng.normal(size=(3, 1, 1, 6))
+    full = np.broadcast_to(compact, activations.shape).copy()
+    method = get_method(name)
+    np.testing.assert_allclose(method(activations, compact), method(activations, full), atol=1e-6)
+    assert method(activations, compact).std() > 0

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from serving.pipeline.cam.render import INFERNO, colorize, overlay, to_png, upsample
+from serving.pipeline.preprocess import RESAMPLE
 
 
 def test_upsample_keeps_a_constant():
@@ -57,9 +58,27 @@ def test_overlay():
         overlay(image.astype(np.float32), cam)
 
 
-@pytest.mark.parametrize("shape", [(5, 7, 3), (5, 7)])
+@pytest.mark.parametrize("shape", [(5, 7, 3), (5, 7), (1, 1, 4), (64, 3, 3)])
 def test_to_png_round_trips(shape):
     array = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     data = to_png(array)
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    assert (np.asarray(Image.open(io.BytesIO(data))) == array).all()
+    decoded = Image.open(io.BytesIO(data))
+    decoded.load()  # checks every chunk's CRC and the zlib stream
+    assert (np.asarray(decoded) == array).all()
+
+
+@pytest.mark.parametrize("array", [np.zeros((4, 4, 2), np.uint8), np.zeros((0, 4, 3), np.uint8),
+                                   np.zeros((4, 4, 3), np.float32)])
+def test_to_png_rejects_what_png_cannot_hold(array):
+    with pytest.raises(ValueError, match="to_png"):
+        to_png(array)
+
+
+@pytest.mark.parametrize(("size", "new_size"), [(3, 32), (7, 224), (4, 4), (16, 5)])
+def test_upsample_matches_pillows_bilinear_resize(size, new_size):
+    maps = np.random.default_rng(2).random((2, size, size + 1)).astype(np.float32)
+    out = upsample(maps, new_size, new_size + 3)
+    for cam, got in zip(maps, out, strict=True):
+        want = np.asarray(Image.fromarray(cam).resize((new_size + 3, new_size), RESAMPLE))
+        np.testing.assert_allclose(got, np.clip(want, 0, 1), atol=1e-5)
