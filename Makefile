@@ -17,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 MODES    ?= --mode int8 --mode float32 --mode float16 --mode dynamic
 
 .PHONY: install system-deps train evaluate quantize report demo test lint clean distclean \
-        bench bench-train bench-quantize
+        bench bench-train bench-quantize protos
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ system-deps:
 	@command -v chromium >/dev/null || { \
 	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	    else echo "system-deps: run as root or install chromium yourself"; fi; }
+
+# The gRPC stubs under serving/protos_gen/ are committed; a test fails when they are stale.
+protos: install
+	$(BIN)/python serving/protos_gen/generate.py
 
 train: install
 	$(BIN)/python -m training train --config $(CONFIG) $(addprefix --set ,$(SET))

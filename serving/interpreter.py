@@ -40,19 +40,19 @@ class TFLiteModel:
             raise ValueError(f"model has no 'classify' signature; it has {sorted(self.signatures)}")
         self._runners = {key: self._interpreter.get_signature_runner(key)
                          for key in self.signatures}
-        self.input_dtype = self._input_details("classify", "image")["dtype"]
-        self.num_classes = int(
-            self._runners["classify"].get_output_details()["probabilities"]["shape"][-1])
+        # Details are read once: get_*_details() builds fresh dicts on every call (~10 us each).
+        self._inputs = {key: runner.get_input_details() for key, runner in self._runners.items()}
+        self._outputs = {key: runner.get_output_details() for key, runner in self._runners.items()}
+        self.input_dtype = self._inputs["classify"]["image"]["dtype"]
+        self.input_shape = tuple(int(d) for d in self._inputs["classify"]["image"]["shape"][1:])
+        self.num_classes = int(self._outputs["classify"]["probabilities"]["shape"][-1])
+        self.cam_needs_target = ("cam_inputs" in self._inputs
+                                 and "class_onehot" in self._inputs["cam_inputs"])
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) pixels -> (N, classes) float32 probabilities."""
         out = self._runners["classify"](image=self._image(images))
         return self._float(out["probabilities"], "classify", "probabilities")
-
-    @property
-    def cam_needs_target(self) -> bool:
-        """True when ``cam_inputs`` takes the target class (heads without a GAP shortcut)."""
-        return "class_onehot" in self._runners["cam_inputs"].get_input_details()
 
     def cam_inputs(self, images: np.ndarray, class_onehot: np.ndarray | None = None):
         """-> (probabilities (N, K), activations (N, h, w, C), gradients (N, h, w, C) or None)."""
@@ -62,7 +62,7 @@ class TFLiteModel:
             if class_onehot is None:
                 raise ValueError("this model's cam_inputs needs class_onehot")
             inputs["class_onehot"] = self._quantize(
-                np.asarray(class_onehot, np.float32), runner.get_input_details()["class_onehot"])
+                np.asarray(class_onehot, np.float32), self._inputs["cam_inputs"]["class_onehot"])
         out = runner(**inputs)
         gradients = out.get("gradients")
         return (
@@ -71,11 +71,8 @@ class TFLiteModel:
             None if gradients is None else self._float(gradients, "cam_inputs", "gradients"),
         )
 
-    def _input_details(self, signature: str, name: str) -> dict:
-        return self._runners[signature].get_input_details()[name]
-
     def _image(self, images: np.ndarray) -> np.ndarray:
-        return self._quantize(np.asarray(images), self._input_details("classify", "image"))
+        return self._quantize(np.asarray(images), self._inputs["classify"]["image"])
 
     @staticmethod
     def _quantize(values: np.ndarray, details: dict) -> np.ndarray:
@@ -92,6 +89,6 @@ class TFLiteModel:
     def _float(self, values: np.ndarray, signature: str, name: str) -> np.ndarray:
         if values.dtype == np.float32:
             return values
-        details = self._runners[signature].get_output_details()[name]
+        details = self._outputs[signature][name]
         scale, zero_point = details["quantization"]
         return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)

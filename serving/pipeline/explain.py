@@ -20,16 +20,21 @@ __all__ = ["activations_and_gradients"]
 def activations_and_gradients(model: TFLiteModel, images: np.ndarray,
                               targets: np.ndarray | None = None,
                               head_weights: np.ndarray | None = None):
-    """(N, H, W, 3) pixels, (N,) target classes or None for top-1 ->
+    """(N, H, W, 3) pixels, (N,) target classes (-1: that image's top-1) or None (all top-1) ->
     (probabilities (N, K), activations (N, h, w, C), gradients, targets (N,)).
 
     Gradients are (N, h, w, C), or (N, 1, 1, C) for a GAP head, where they are the same at every
     position; the CAM methods take either."""
+    if targets is not None:
+        targets = np.asarray(targets)
+        if (targets < 0).all():
+            targets = None
     if model.cam_needs_target:
         probabilities = None
-        if targets is None:
+        if targets is None or (targets < 0).any():
             probabilities = model.classify(images)
-            targets = probabilities.argmax(axis=1)
+            top1 = probabilities.argmax(axis=1)
+            targets = top1 if targets is None else np.where(targets < 0, top1, targets)
         classes = model.num_classes
         onehot = np.eye(classes, dtype=np.float32)[targets]
         cam_probabilities, activations, gradients = model.cam_inputs(images, onehot)
@@ -38,8 +43,8 @@ def activations_and_gradients(model: TFLiteModel, images: np.ndarray,
     if head_weights is None:
         raise ValueError("a GAP-head model needs its head weights (cam_head.npy) for Grad-CAM")
     probabilities, activations, _ = model.cam_inputs(images)
-    if targets is None:
-        targets = probabilities.argmax(axis=1)
+    top1 = probabilities.argmax(axis=1)
+    targets = top1 if targets is None else np.where(targets < 0, top1, targets)
     n, h, w, c = activations.shape
     gradients = (head_weights[:, targets].T / (h * w)).astype(np.float32).reshape(n, 1, 1, c)
     return probabilities, activations, gradients, np.asarray(targets)

@@ -1,0 +1,160 @@
+"""A Python client for Sightline, and the ``sightline-classify`` command.
+
+    sightline-classify cat.jpg dog.png --target localhost:8500 --top-k 3 --heatmap out.png
+
+The client sets a deadline on every call and retries UNAVAILABLE (a restarting or draining
+server) with exponential backoff; other errors are raised at once as ``grpc.RpcError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import grpc
+
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
+
+__all__ = ["SightlineClient", "cli", "main"]
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class SightlineClient:
+    def __init__(self, target: str, *, timeout: float = 10.0, retries: int = 3,
+                 token: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 max_message_bytes: int = 16 * 1024 * 1024):
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if tls_ca or tls_cert:
+            read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+            credentials = grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
+            self.channel = grpc.secure_channel(target, credentials, options)
+        else:
+            self.channel = grpc.insecure_channel(target, options)
+        self.stub = pb_grpc.ImageClassifierStub(self.channel)
+        self.timeout = timeout
+        self.retries = retries
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+
+    def classify(self, image: bytes | str | Path, *, top_k: int | None = None,
+                 heatmap: bool = False, method: str = "gradcam", target_class: int | None = None,
+                 raw_map: bool = False, model: str = "", version: int = 0, label: str = "",
+                 request_id: str = "") -> pb.ClassifyResponse:
+        request = self.request(image, top_k=top_k, heatmap=heatmap, method=method,
+                               target_class=target_class, raw_map=raw_map, model=model,
+                               version=version, label=label, request_id=request_id)
+        return self._call(self.stub.Classify, request)
+
+    def classify_stream(self, requests: Iterable[pb.ClassifyRequest]
+                        ) -> Iterator[pb.ClassifyResponse]:
+        """Responses in completion order; match them by request_id. No retries: a stream is
+        not idempotent as a whole."""
+        return self.stub.ClassifyStream(iter(requests), metadata=self.metadata)
+
+    def model_info(self, model: str = "", version: int = 0, label: str = "") -> pb.ModelInfo:
+        spec = pb.ModelSpec(name=model, version=version, label=label)
+        return self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest(model=spec))
+
+    @staticmethod
+    def request(image: bytes | str | Path, *, top_k: int | None = None, heatmap: bool = False,
+                method: str = "gradcam", target_class: int | None = None, raw_map: bool = False,
+                model: str = "", version: int = 0, label: str = "", request_id: str = ""
+                ) -> pb.ClassifyRequest:
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        request = pb.ClassifyRequest(image=data, request_id=request_id,
+                                     model=pb.ModelSpec(name=model, version=version, label=label))
+        if top_k is not None:
+            request.top_k = top_k
+        if heatmap or raw_map:
+            request.explain.method = method
+            request.explain.png_overlay = heatmap
+            request.explain.raw_map = raw_map
+            if target_class is not None:
+                request.explain.target_class = target_class
+        return request
+
+    def _call(self, method, request):
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == self.retries:
+                    raise
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> SightlineClient:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def heatmap_path(template: Path, image: Path, many: bool) -> Path:
+    """--heatmap out.png: that file for one image; out-<image stem>.png for several."""
+    return template.with_name(f"{template.stem}-{image.stem}{template.suffix}") if many \
+        else template
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sightline-classify",
+                                     description="Classify images with a Sightline server.")
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--target", default="localhost:8500", help="host:port of the server")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--heatmap", type=Path, help="write the Grad-CAM overlay PNG here")
+    parser.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
+    parser.add_argument("--model", default="")
+    parser.add_argument("--version", type=int, default=0)
+    parser.add_argument("--label", default="")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
+    parser.add_argument("--token", help="bearer token")
+    parser.add_argument("--tls-ca", help="CA certificate to verify the server (enables TLS)")
+    parser.add_argument("--tls-cert", help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", help="client key (mutual TLS)")
+    args = parser.parse_args(argv)
+    failed = 0
+    with SightlineClient(args.target, timeout=args.timeout, token=args.token,
+                         tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                         tls_key=args.tls_key) as client:
+        for image in args.images:
+            try:
+                response = client.classify(
+                    image, top_k=args.top_k, heatmap=args.heatmap is not None,
+                    method=args.method, model=args.model, version=args.version,
+                    label=args.label)
+            except grpc.RpcError as exc:
+                print(f"{image}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                failed += 1
+                continue
+            except OSError as exc:
+                print(f"{image}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            classes = ", ".join(f"{c.label} {c.score:.3f}" for c in response.classes)
+            print(f"{image}: {classes}  [{response.model_name} v{response.model_version}, "
+                  f"{1000 * response.timing.total_seconds:.1f} ms]")
+            if args.heatmap is not None:
+                path = heatmap_path(args.heatmap, image, len(args.images) > 1)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(response.heatmap.png)
+                print(f"  heatmap ({response.heatmap.method}, class "
+                      f"{response.classes[0].label if response.classes else '?'}): {path}")
+    return 1 if failed else 0
+
+
+def cli() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    cli()

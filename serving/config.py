@@ -1,0 +1,155 @@
+"""The server's configuration: one typed object, resolved once at start and passed down.
+
+Sources, later ones winning: the defaults below, a YAML or JSON file (``--config``), the
+environment (``SIGHTLINE_<FIELD>``, e.g. ``SIGHTLINE_PORT=9000``), then command-line flags
+(``--port 9000``). An unknown key or a value of the wrong type is an error naming both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "ServerConfig", "load_config"]
+
+ENV_PREFIX = "SIGHTLINE_"
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # Where models come from: a repository (models/<name>/<version>/) or one model directory.
+    model_repository: str = "models"
+    model_dir: str = ""  # set: serve this one directory, no repository polling
+    version_policy: str = "latest"  # latest | all | specific
+    keep_versions: int = 1  # versions served under "latest"
+    versions: str = ""  # comma-separated, for "specific"
+    poll_seconds: float = 2.0  # how often the repository is scanned for new versions
+    default_model: str = ""  # requests that name no model; empty: the only (or first) model
+
+    host: str = "[::]"
+    port: int = 8500
+    grpc_threads: int = 128  # handler threads: the most concurrent unary requests in flight
+
+    # Dynamic batching, per model version.
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0  # how long a lone request waits for company
+    max_queue_size: int = 256  # queued requests beyond this are refused (RESOURCE_EXHAUSTED)
+    workers: int = 0  # interpreter threads per version; 0: one per CPU core
+    interpreter_threads: int = 1  # LiteRT threads per interpreter
+
+    # Input limits.
+    max_message_bytes: int = 16 * MiB  # gRPC receive and send limit
+    max_image_bytes: int = 16 * MiB
+    max_image_pixels: int = 40_000_000  # decoded width x height (decompression bombs)
+
+    # Connections: Kubernetes spreads load only when connections are recycled.
+    keepalive_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
+    max_connection_age_seconds: float = 300.0
+    max_connection_age_grace_seconds: float = 30.0
+    compression: str = "none"  # none | gzip | deflate: the default for responses
+    grace_seconds: float = 20.0  # SIGTERM: finish in-flight requests for at most this long
+
+    # Security.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""  # set: mutual TLS, clients must present a certificate it signed
+    auth_token_file: str = ""  # set: requests need "authorization: Bearer <token>"
+
+    log_format: str = "text"  # text | json
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        choices = {"version_policy": ("latest", "all", "specific"),
+                   "compression": ("none", "gzip", "deflate"), "log_format": ("text", "json")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
+        positive = ("port", "grpc_threads", "max_batch_size", "max_queue_size",
+                    "max_message_bytes", "max_image_bytes", "max_image_pixels", "keep_versions",
+                    "interpreter_threads")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together; got only one")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+def _convert(name: str, kind: type, value: Any) -> Any:
+    if isinstance(value, str) and kind is not str:
+        try:
+            return {bool: lambda v: v.lower() in ("1", "true", "yes", "on"), int: int,
+                    float: float}[kind](value)
+        except ValueError:
+            raise ConfigError(f"{name} must be {kind.__name__}; got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {kind.__name__}; got {value!r}")
+    return value
+
+
+def _types() -> dict[str, type]:
+    return {f.name: {"str": str, "int": int, "float": float, "bool": bool}[f.type]
+            for f in fields(ServerConfig)}
+
+
+def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = None
+                ) -> ServerConfig:
+    """Defaults < file < environment < flags -> a checked ServerConfig."""
+    types = _types()
+    parser = argparse.ArgumentParser(prog="sightline-serve", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML or JSON file of settings")
+    for name in types:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                            help=f"(env {ENV_PREFIX}{name.upper()})")
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(_read_file(Path(args.config)))
+    environ = os.environ if environ is None else environ
+    for name in types:
+        if f"{ENV_PREFIX}{name.upper()}" in environ:
+            values[name] = environ[f"{ENV_PREFIX}{name.upper()}"]
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}; known: {', '.join(types)}")
+    return ServerConfig(**{k: _convert(k, types[k], v) for k, v in values.items()})
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings; got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def as_dict(config: ServerConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

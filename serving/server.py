@@ -1,0 +1,218 @@
+"""The Sightline gRPC server: ``create_server(config)`` builds it, ``serve(config)`` runs it.
+
+Start-up: models load and warm up (health NOT_SERVING until one is ready) → the server listens
+with health, reflection, limits, keepalive and optional TLS / bearer auth → the repository is
+polled for new versions. Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING at once, so load
+balancers stop sending; the server stops accepting and finishes in-flight requests for up to
+``grace_seconds``; batchers drain; models unload.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving import oip, service
+from serving.auth import BearerTokenInterceptor, read_tokens
+from serving.config import ConfigError, ServerConfig, load_config
+from serving.inference import BatchingConfig, Inference
+from serving.interpreter import TFLiteModel
+from serving.logs import setup_logging
+from serving.pipeline.decode import DecodeLimits
+from serving.repository.loader import LoadError
+from serving.repository.manager import ModelManager
+from serving.repository.policy import parse_policy
+from serving.repository.source import DirectorySource
+
+__all__ = ["Server", "create_server", "main", "serve"]
+
+log = logging.getLogger("sightline.server")
+SERVICES = ("", service.SERVICE_NAME, oip.SERVICE_NAME)  # "": the server as a whole
+COMPRESSION = {"none": grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip,
+               "deflate": grpc.Compression.Deflate}
+
+
+@dataclass
+class Server:
+    """A built server and its parts; ``start``/``stop`` are its whole lifecycle."""
+
+    config: ServerConfig
+    grpc_server: grpc.Server
+    port: int
+    inference: Inference
+    manager: ModelManager
+    health: health.HealthServicer
+    source: DirectorySource | None = None
+    _stop_polling: threading.Event = field(default_factory=threading.Event)
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        if self.source is not None:
+            self._poll()
+            threading.Thread(target=self._poll_until_stopped, name="repository-poller",
+                             daemon=True).start()
+        self.update_health()
+        log.info("serving on port %d: models %s", self.port, self.manager.models())
+
+    def _poll(self) -> None:
+        try:
+            self.source.poll(self.manager)
+        except Exception:  # a bad scan must not end polling; the next one may succeed
+            log.exception("scanning %s failed", self.source.base_dir)
+        self.update_health()  # after the manager published what the scan loaded
+
+    def _poll_until_stopped(self) -> None:
+        while not self._stop_polling.wait(self.source.interval_seconds):
+            self._poll()
+
+    def update_health(self) -> None:
+        serving = self.manager.ready() and not self._stop_polling.is_set()
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in SERVICES:
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful: NOT_SERVING, refuse new RPCs, finish in-flight ones, drain, unload."""
+        if self._stopped.is_set():
+            return
+        self._stop_polling.set()
+        self.health.enter_graceful_shutdown()  # NOT_SERVING everywhere, and it stays so
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("shutting down: finishing in-flight requests (grace %.0fs)", grace)
+        self.grpc_server.stop(grace).wait()
+        self.manager.close(timeout=grace)
+        self._stopped.set()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def create_server(config: ServerConfig, port: int | None = None) -> Server:
+    """Load the models and build the server (not started). ``port`` 0 picks a free port."""
+    inference = Inference(
+        None,
+        BatchingConfig(max_batch_size=config.max_batch_size,
+                       max_queue_delay_s=config.max_queue_delay_ms / 1000,
+                       max_queue_size=config.max_queue_size, workers=config.worker_count),
+        DecodeLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels),
+        default_model=config.default_model)
+    threads = config.interpreter_threads
+    loader = inference.loader(lambda path: TFLiteModel(path, num_threads=threads))
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    source = None
+    if config.model_dir:
+        manager = ModelManager.from_directory(config.model_dir, loader=loader)
+    else:
+        manager = ModelManager(loader=loader)
+        source = DirectorySource(config.model_repository, _policy(config),
+                                 interval_seconds=config.poll_seconds)
+    inference.manager = manager
+
+    grpc_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.grpc_threads,
+                                   thread_name_prefix="grpc"),
+        interceptors=_interceptors(config),
+        options=_options(config),
+        compression=COMPRESSION[config.compression],
+        maximum_concurrent_rpcs=None,
+    )
+    service_pb = service.pb_grpc
+    service_pb.add_ImageClassifierServicer_to_server(service.ClassifierService(inference),
+                                                     grpc_server)
+    oip.pb_grpc.add_GRPCInferenceServiceServicer_to_server(oip.InferenceService(inference),
+                                                           grpc_server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    for name in SERVICES:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICES[1:], health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server)
+    address = f"{config.host}:{config.port if port is None else port}"
+    bound = _bind(grpc_server, address, config)
+    return Server(config, grpc_server, bound, inference, manager, health_servicer, source)
+
+
+def _policy(config: ServerConfig):
+    if config.version_policy == "latest":
+        return parse_policy(f"latest:{config.keep_versions}")
+    if config.version_policy == "specific":
+        return parse_policy(f"specific:{config.versions}")
+    return parse_policy("all")
+
+
+def _options(config: ServerConfig) -> list[tuple[str, int]]:
+    ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", ms(config.keepalive_seconds)),
+        ("grpc.keepalive_timeout_ms", ms(config.keepalive_timeout_seconds)),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_connection_age_ms", ms(config.max_connection_age_seconds)),
+        ("grpc.max_connection_age_grace_ms", ms(config.max_connection_age_grace_seconds)),
+        ("grpc.so_reuseport", 0),  # a second server on the same port is an error, not a split
+    ]
+
+
+def _interceptors(config: ServerConfig) -> list[grpc.ServerInterceptor]:
+    if not config.auth_token_file:
+        return []
+    return [BearerTokenInterceptor(read_tokens(config.auth_token_file))]
+
+
+def _bind(grpc_server: grpc.Server, address: str, config: ServerConfig) -> int:
+    if not config.tls_cert:
+        port = grpc_server.add_insecure_port(address)
+    else:
+        key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
+        client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca,
+            require_client_auth=client_ca is not None)
+        port = grpc_server.add_secure_port(address, credentials)
+    if port == 0:
+        raise ConfigError(f"cannot listen on {address} (in use?)")
+    return port
+
+
+def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = create_server(config)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"sightline-serve: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging(config.log_format, config.log_level)
+    try:
+        serve(config)
+    except (ConfigError, LoadError, OSError) as exc:
+        log.error("cannot serve: %s", exc)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

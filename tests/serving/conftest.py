@@ -1,0 +1,83 @@
+"""A real Sightline server on loopback, serving a small int8 model from a model repository."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import grpc
+import numpy as np
+import pytest
+
+from serving.config import ServerConfig
+from serving.deploy import deploy
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
+from serving.server import create_server
+from tests.conftest import encode
+
+MODEL = "gap"  # the deployed model's name (the artifact's card name)
+
+
+@pytest.fixture
+def repository(deployable, tmp_path):
+    """models/gap/1/ holding the session's small int8 GAP-head model."""
+    models = tmp_path / "models"
+    deploy(deployable("gap"), models)
+    return models
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """start_server(models_dir, **settings) -> a started Server on a free loopback port."""
+    servers = []
+
+    def start(models, **settings):
+        settings = {"host": "127.0.0.1", "poll_seconds": 0.1, "workers": 2, **settings}
+        config = ServerConfig(model_repository=str(models), **settings)
+        server = create_server(config, port=0)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace=1.0)
+
+
+@pytest.fixture
+def server(repository, start_server):
+    return start_server(repository)
+
+
+@pytest.fixture
+def channel(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def stub(channel):
+    return pb_grpc.ImageClassifierStub(channel)
+
+
+def image_bytes(seed: int = 0, size: int = 40, fmt: str = "PNG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return encode(pixels, fmt)
+
+
+def classify_request(**fields) -> pb.ClassifyRequest:
+    fields.setdefault("image", image_bytes())
+    return pb.ClassifyRequest(**fields)
+
+
+@contextlib.contextmanager
+def expect_error(code: grpc.StatusCode, phrase: str):
+    with pytest.raises(grpc.RpcError) as caught:
+        yield caught
+    assert caught.value.code() == code, caught.value.details()
+    assert phrase.lower() in caught.value.details().lower(), caught.value.details()
+
+
+def with_settings(server, **settings) -> ServerConfig:
+    return dataclasses.replace(server.config, **settings)

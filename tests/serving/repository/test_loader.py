@@ -1,0 +1,102 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from serving.card import load_card, save_card
+from serving.repository.loader import LoadError, file_sha256, load_servable
+
+from .fakes import FakeModel, model_bytes, write_artifact
+
+
+def load(path, version=1, **kwargs):
+    return load_servable("pets", version, path, open_model=FakeModel, **kwargs)
+
+
+def test_load_checks_warms_up_and_builds_a_servable(tmp_path):
+    card = write_artifact(tmp_path)
+    servable = load(tmp_path, warmup_batch_sizes=(1, 8))
+    assert (servable.name, servable.version, servable.path) == ("pets", 1, tmp_path)
+    assert servable.card == card
+    assert servable.model.classify_batches == [1, 8, 1]  # warm-up, then cam_inputs' batch of 1
+    assert servable.model.cam_calls == 1
+    assert servable.warmup_seconds >= 0
+    assert servable.head_weights.shape == (4, 2)
+    fresh = servable.model_factory()
+    assert isinstance(fresh, FakeModel) and fresh is not servable.model
+
+
+def test_load_without_head_weights(tmp_path):
+    write_artifact(tmp_path, head=False)
+    assert load(tmp_path).head_weights is None
+
+
+def _damage_model(path):
+    (path / "model.tflite").write_bytes(model_bytes() + b" ")
+
+
+def _damage_head(path):
+    np.save(path / "cam_head.npy", np.zeros((4, 2), np.float32))
+
+
+def _undeploy(path):
+    save_card(dataclasses.replace(load_card(path), deployable=False), path)
+
+
+def _forget_model_hash(path):
+    card = load_card(path)
+    del card.files["model.tflite"]
+    save_card(card, path)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (_damage_model, r"sha256 mismatch: model.tflite is [0-9a-f]{64}, card says [0-9a-f]{64}"),
+    (_damage_head, r"sha256 mismatch: cam_head.npy is"),
+    (_undeploy, "deployable: false"),
+    (_forget_model_hash, "card has no sha256 for model.tflite"),
+    (lambda path: (path / "card.json").unlink(), "no card.json"),
+    (lambda path: (path / "cam_head.npy").unlink(), "cannot read cam_head.npy"),
+])
+def test_load_rejects_a_directory_that_disagrees_with_its_card(tmp_path, damage, match):
+    write_artifact(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(LoadError, match=match):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("model, match", [
+    (model_bytes(classes=3), "model has 3 classes but the card lists 2 labels"),
+    (model_bytes(size=(8, 8)), r"model takes \(8, 8, 3\) .* card says \(4, 4, 3\)"),
+    (b"not a model", "cannot open model.tflite"),
+])
+def test_load_rejects_a_model_that_disagrees_with_its_card(tmp_path, model, match):
+    write_artifact(tmp_path, model=model)
+    with pytest.raises(LoadError, match=match):
+        load(tmp_path)
+
+
+def test_load_rejects_a_card_of_another_version(tmp_path):
+    write_artifact(tmp_path, version=3)
+    with pytest.raises(LoadError, match="card says version 3 but the directory is version 4"):
+        load(tmp_path, version=4)
+
+
+def test_load_rejects_head_weights_of_the_wrong_shape(tmp_path):
+    write_artifact(tmp_path)
+    np.save(tmp_path / "cam_head.npy", np.ones((4, 5), np.float32))
+    card = load_card(tmp_path)
+    card.files["cam_head.npy"]["sha256"] = file_sha256(tmp_path / "cam_head.npy")
+    save_card(card, tmp_path)
+    with pytest.raises(LoadError, match=r"cam_head.npy has shape \(4, 5\); expected"):
+        load(tmp_path)
+
+
+def test_load_reports_a_failing_warm_up(tmp_path):
+    write_artifact(tmp_path)
+
+    class Broken(FakeModel):
+        def cam_inputs(self, images, class_onehot=None):
+            raise RuntimeError("no cam_inputs signature")
+
+    with pytest.raises(LoadError, match="warm-up cam_inputs failed: no cam_inputs signature"):
+        load_servable("pets", 1, tmp_path, open_model=Broken)

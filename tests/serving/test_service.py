@@ -1,0 +1,126 @@
+"""ImageClassifier over a real server on loopback: Classify, heatmaps, streams, model info."""
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.deploy import deploy
+from serving.pipeline.cam import METHODS
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
+from tests.serving.conftest import MODEL, classify_request, expect_error, image_bytes
+
+
+def test_classify_returns_top_k_with_labels_scores_and_timing(stub, deployable):
+    from serving.card import load_card
+
+    labels = load_card(deployable("gap")).labels
+    response = stub.Classify(classify_request(top_k=3, request_id="r-1"), timeout=10)
+    assert [c.label for c in response.classes] == [labels[c.index] for c in response.classes]
+    scores = [c.score for c in response.classes]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.001
+    assert (response.model_name, response.model_version) == (MODEL, 1)
+    assert response.request_id == "r-1"
+    t = response.timing
+    assert 0 < t.inference_seconds <= t.total_seconds and t.decode_seconds > 0
+    assert not response.HasField("heatmap")
+
+
+def test_default_top_k_and_generated_request_id(stub):
+    response = stub.Classify(classify_request(), timeout=10)
+    assert len(response.classes) == 5 and len(response.request_id) == 32
+
+
+def test_the_same_image_gets_the_same_answer_as_bytes_and_as_a_tensor(stub):
+    pixels = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    by_bytes = stub.Classify(pb.ClassifyRequest(image=png.getvalue(), top_k=6), timeout=10)
+    tensor = pb.Tensor(shape=[32, 32, 3], dtype="uint8", data=pixels.tobytes())
+    by_tensor = stub.Classify(pb.ClassifyRequest(tensor=tensor, top_k=6), timeout=10)
+    assert [c.index for c in by_bytes.classes] == [c.index for c in by_tensor.classes]
+    np.testing.assert_allclose([c.score for c in by_bytes.classes],
+                               [c.score for c in by_tensor.classes], atol=1e-6)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_heatmap_png_and_raw_map_for_every_method(stub, method):
+    request = classify_request(explain=pb.ExplainRequest(method=method, png_overlay=True,
+                                                         raw_map=True))
+    response = stub.Classify(request, timeout=10)
+    heatmap = response.heatmap
+    assert heatmap.method == method and heatmap.target_class == response.classes[0].index
+    overlay = Image.open(io.BytesIO(heatmap.png))
+    assert overlay.size == (32, 32) and overlay.mode == "RGB"
+    raw = np.frombuffer(heatmap.raw, dtype="<f4").reshape(tuple(heatmap.shape))
+    assert raw.shape == (32, 32) and raw.min() >= 0 and raw.max() <= 1
+
+
+def test_heatmap_for_a_chosen_class_differs_from_top1(stub):
+    base = stub.Classify(classify_request(explain=pb.ExplainRequest(raw_map=True)), timeout=10)
+    other = (base.classes[0].index + 1) % 6
+    request = classify_request(explain=pb.ExplainRequest(raw_map=True, target_class=other))
+    chosen = stub.Classify(request, timeout=10)
+    assert chosen.heatmap.target_class == other
+    assert chosen.heatmap.raw != base.heatmap.raw
+
+
+def test_explain_with_no_output_asked_defaults_to_the_png(stub):
+    response = stub.Classify(classify_request(explain=pb.ExplainRequest()), timeout=10)
+    assert response.heatmap.png.startswith(b"\x89PNG") and not response.heatmap.raw
+
+
+def test_stream_answers_every_request_and_an_error_does_not_end_it(stub):
+    requests = [classify_request(image=image_bytes(i), request_id=f"s{i}", top_k=2)
+                for i in range(40)]
+    requests[7] = pb.ClassifyRequest(image=b"not an image", request_id="bad")
+    requests[20].explain.png_overlay = True
+    responses = {r.request_id: r for r in stub.ClassifyStream(iter(requests), timeout=30)}
+    assert set(responses) == {r.request_id for r in requests}
+    assert responses["bad"].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "image" in responses["bad"].error.message
+    good = [r for key, r in responses.items() if key != "bad"]
+    assert all(len(r.classes) == 2 and not r.HasField("error") for r in good)
+    assert responses["s20"].heatmap.png.startswith(b"\x89PNG")
+
+
+def test_stream_results_equal_unary_results(stub):
+    requests = [classify_request(image=image_bytes(i), request_id=str(i)) for i in range(8)]
+    streamed = {r.request_id: r for r in stub.ClassifyStream(iter(requests), timeout=30)}
+    for request in requests:
+        unary = stub.Classify(request, timeout=10)
+        assert [c.index for c in unary.classes] == [c.index for c in
+                                                     streamed[request.request_id].classes]
+
+
+def test_model_info(stub, deployable):
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    assert (info.name, info.version, list(info.versions)) == (MODEL, 1, [1])
+    assert (info.input_height, info.input_width, info.variant) == (32, 32, "int8")
+    assert len(info.classes) == 6 and info.cam_head == "gap" and "gradcam" in info.cam_methods
+    assert len(info.sha256) == 64
+
+
+def test_versions_and_labels_are_addressable(server, stub, repository, deployable):
+    deploy(deployable("gap"), repository, label="canary")
+    wait_for_version(stub, 2)
+    for spec, version in [(pb.ModelSpec(name=MODEL), 2), (pb.ModelSpec(name=MODEL, label="canary"), 2)]:
+        response = stub.Classify(classify_request(model=spec), timeout=10)
+        assert response.model_version == version
+    with expect_error(grpc.StatusCode.NOT_FOUND, "no version 1"):  # latest-1 policy unloads v1
+        stub.Classify(classify_request(model=pb.ModelSpec(name=MODEL, version=1)), timeout=10)
+    with expect_error(grpc.StatusCode.NOT_FOUND, "no label 'stable'; labels: canary=2"):
+        stub.Classify(classify_request(model=pb.ModelSpec(name=MODEL, label="stable")), timeout=10)
+
+
+def wait_for_version(stub, version, timeout=20.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).version == version:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"version {version} was not served within {timeout}s")
