@@ -160,6 +160,7 @@ def save_card(card: ModelCard, model_dir: str | Path) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / CARD_FILE
     fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".card-", suffix=".json")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; a server running as another user must read it
     with os.fdopen(fd, "w") as handle:
         json.dump(card.to_dict(), handle, indent=2, sort_keys=False)
         handle.write("\n")

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from PIL import Image
 
 from serving import oip, service
 from serving.auth import BearerTokenInterceptor, read_tokens
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sightline-serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(config.log_format, config.log_level)
+    # Decode refuses bombs itself; as errors, Pillow's warnings also stop filling its registry.
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
     try:
         serve(config)
     except (ConfigError, LoadError, OSError) as exc:

@@ -36,5 +36,6 @@ def generate(out: Path = ROOT) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in generate():
-        print(path.relative_to(ROOT), file=sys.stderr)
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT  # tests generate into a temp dir
+    for path in generate(out):
+        print(path.relative_to(out), file=sys.stderr)

@@ -13,7 +13,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.deploy import deploy
-from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import ROOT
 from tests.serving.conftest import MODEL, classify_request, expect_error, image_bytes
