@@ -43,7 +43,8 @@ from serving.repository.loader import LoadError, load_servable
 from serving.repository.manager import ModelManager, ModelNotFound
 from serving.repository.servable import Servable
 
-__all__ = ["BatchingConfig", "Explain", "Heatmap", "Inference", "Pending", "Result", "Timing"]
+__all__ = ["BatchingConfig", "Explain", "Heatmap", "Inference", "Pending", "Result", "Timing",
+           "deadline_after"]
 
 DEFAULT_TOP_K = 5
 
@@ -108,6 +109,14 @@ class Pending:
     hold: contextlib.ExitStack
     timing: Timing
     started: float
+
+
+def deadline_after(remaining: float | None) -> float | None:
+    """gRPC's ``time_remaining()`` (seconds, or None / a huge number without a deadline) -> a
+    time.monotonic() deadline or None."""
+    if remaining is None or remaining > 365 * 24 * 3600:
+        return None
+    return time.monotonic() + remaining
 
 
 class Inference:

@@ -11,14 +11,15 @@ extension instead: BYTES [N, k] of ``"score:index:label"``.
 
 from __future__ import annotations
 
+import logging
 import struct
-import time
 from importlib import metadata
 
+import grpc
 import numpy as np
 
 from serving.errors import BadRequest, ServingError, UnknownModel, status_of
-from serving.inference import Explain, Inference
+from serving.inference import Explain, Inference, deadline_after
 from serving.protos_gen.inference import grpc_predict_v2_pb2 as pb
 from serving.protos_gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.repository.manager import ModelNotFound
@@ -26,6 +27,7 @@ from serving.repository.manager import ModelNotFound
 __all__ = ["InferenceService", "SERVICE_NAME"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+log = logging.getLogger("sightline.oip")
 PIXEL_TYPES = {"UINT8": ("uint8", "uint_contents"), "FP32": ("float32", "fp32_contents")}
 
 
@@ -72,6 +74,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             return self._infer(request, context)
         except ServingError as exc:
             context.abort(status_of(exc), str(exc))
+        except Exception:  # a bug: log it, tell the client no more than that
+            log.exception("ModelInfer failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")
 
     def _infer(self, request, context):
         servable = self._servable(request.model_name, request.model_version)
@@ -79,8 +84,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         items = _inputs(request, card.input.height, card.input.width)
         explain = _explain(request.parameters)
         classification = _classification(request)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
+        deadline = deadline_after(context.time_remaining())
         pending = []  # all queued before any is awaited: one request's images share batches
         try:
             for index, item in enumerate(items):

@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 import uuid
 
 import grpc
 
 from serving.errors import BadRequest, ServingError, UnknownModel, status_of
-from serving.inference import Explain, Inference, Result
+from serving.inference import Explain, Inference, Result, deadline_after
 from serving.pipeline.cam import METHODS
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
@@ -38,6 +37,9 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             return self._classify(request, context)
         except ServingError as exc:
             context.abort(status_of(exc), str(exc))
+        except Exception:  # a bug: log it, tell the client no more than that
+            log.exception("Classify failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")
 
     def ClassifyStream(self, request_iterator, context):
         """A reader thread decodes and queues each request as it arrives (up to stream_window
@@ -121,8 +123,7 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             explain = Explain(method=e.method or "gradcam",
                               target=e.target_class if e.HasField("target_class") else None,
                               png=e.png_overlay or not e.raw_map, raw=e.raw_map)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
+        deadline = deadline_after(context.time_remaining())
         spec = request.model
         if spec.version < 0:
             raise BadRequest("bad_version", f"model version must be positive; got {spec.version}")
