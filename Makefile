@@ -1,5 +1,5 @@
 # Sightline: `make demo` and `make test` do all set-up on a fresh machine.
-# The user path: `make train quantize deploy`, then `make serve` (later issues add the last three).
+# The user path: `make train quantize deploy`, then `make serve`.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -15,9 +15,13 @@ PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 MODES    ?= --mode int8 --mode float32 --mode float16 --mode dynamic
+MODELS   ?= models
+PORT     ?= 8500
+DEMO_OUT ?= artifacts/demo
+TRITON   := .venv-triton
 
 .PHONY: install system-deps train evaluate quantize report demo test lint clean distclean \
-        bench bench-train bench-quantize protos
+        bench bench-train bench-quantize bench-server protos deploy serve tools
 
 install: $(STAMP)
 
@@ -48,11 +52,38 @@ quantize: install
 report: install
 	$(BIN)/python -m training report $(ARTIFACT)
 
-demo: train evaluate quantize report
+# Publish the newest deployable artifact as the next version under $(MODELS)/<name>/.
+deploy: install
+	$(BIN)/python -m serving.deploy --models $(MODELS) $(if $(filter-out artifacts/latest,$(ARTIFACT)),$(ARTIFACT))
+
+# Serve the model repository (newest version of each model) until Ctrl-C.
+serve: install
+	$(BIN)/python -m serving --model-repository $(MODELS) --port $(PORT)
+
+# train -> evaluate -> quantize -> report -> deploy -> serve -> classify sample images with
+# heatmaps -> stop the server.
+demo: train evaluate quantize report deploy
+	rm -rf $(DEMO_OUT) && $(BIN)/python -m training samples $(ARTIFACT) --out $(DEMO_OUT)/images
+	$(BIN)/python -m serving --model-repository $(MODELS) --port $(PORT) --host 127.0.0.1 \
+	    > $(DEMO_OUT)/server.log 2>&1 & echo $$! > $(DEMO_OUT)/server.pid; \
+	status=0; \
+	$(BIN)/sightline-classify $(DEMO_OUT)/images/*.png --target 127.0.0.1:$(PORT) --top-k 3 \
+	    --wait 60 --heatmap $(DEMO_OUT)/heatmaps/heatmap.png || status=$$?; \
+	kill -TERM $$(cat $(DEMO_OUT)/server.pid); wait; exit $$status
 	@echo "demo: artifact $$(readlink -f $(ARTIFACT))"
 	@echo "      card $(ARTIFACT)/card.json, report $(ARTIFACT)/report.html"
+	@echo "      heatmaps $(DEMO_OUT)/heatmaps/, server log $(DEMO_OUT)/server.log"
 
-test: install system-deps
+# Test-only tools that cannot share the main venv: tritonclient pins protobuf < 7.
+tools: $(TRITON)/.installed
+
+$(TRITON)/.installed:
+	test -x $(TRITON)/bin/python || $(PYTHON) -m venv $(TRITON)
+	$(TRITON)/bin/python -m pip install --quiet --disable-pip-version-check \
+	    'tritonclient[grpc]==2.73.0'
+	touch $@
+
+test: install system-deps tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -69,11 +100,15 @@ bench-quantize: install
 	$(BIN)/python benchmarks/bench_quantize.py $(ARTIFACT)
 	$(BIN)/python benchmarks/cam_parity.py $(ARTIFACT)
 
-bench: bench-quantize
+# The server under load from separate processes, against the raw interpreter (issue 4).
+bench-server: install
+	$(BIN)/python benchmarks/bench_server.py --model $(ARTIFACT)
+
+bench: bench-quantize bench-server
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(TRITON) $(MODELS) *.egg-info

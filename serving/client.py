@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
@@ -89,6 +90,23 @@ class SightlineClient:
                 time.sleep(min(2.0, 0.1 * 2**attempt))
         raise AssertionError("unreachable")
 
+    def wait_until_serving(self, timeout: float) -> None:
+        """Block until the server's health check says SERVING (a model is warm); TimeoutError
+        after ``timeout`` seconds."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0,
+                                    wait_for_ready=True).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass  # not listening yet
+            if time.monotonic() > end:
+                raise TimeoutError(f"the server was not SERVING within {timeout:g}s")
+            time.sleep(0.1)
+
     def close(self) -> None:
         self.channel.close()
 
@@ -117,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=0)
     parser.add_argument("--label", default="")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
+    parser.add_argument("--wait", type=float, default=0.0,
+                        help="first wait up to this many seconds for the server to be SERVING")
     parser.add_argument("--token", help="bearer token")
     parser.add_argument("--tls-ca", help="CA certificate to verify the server (enables TLS)")
     parser.add_argument("--tls-cert", help="client certificate (mutual TLS)")
@@ -126,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     with SightlineClient(args.target, timeout=args.timeout, token=args.token,
                          tls_ca=args.tls_ca, tls_cert=args.tls_cert,
                          tls_key=args.tls_key) as client:
+        if args.wait:
+            try:
+                client.wait_until_serving(args.wait)
+            except TimeoutError as exc:
+                print(f"sightline-classify: {exc}", file=sys.stderr)
+                return 2
         for image in args.images:
             try:
                 response = client.classify(

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="write the visual HTML report of an artifact")
     report.add_argument("artifact", type=Path)
+
+    samples = commands.add_parser(
+        "samples", help="write validation images of an artifact's dataset as PNG files")
+    samples.add_argument("artifact", type=Path)
+    samples.add_argument("--out", type=Path, required=True)
+    samples.add_argument("--per-class", type=int, default=1)
     return parser
 
 
@@ -84,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
             report = quantize_artifact(args.artifact, args.modes or ["int8", "float32"],
                                        args.representative_size, args.max_drop)
             print(format_quantization(report))
+        elif args.command == "samples":
+            if not args.artifact.is_dir():
+                raise UserError(f"artifact directory not found: {args.artifact}")
+            from training.artifact import write_samples
+
+            for path in write_samples(args.artifact, args.out, args.per_class):
+                print(path)
         elif args.command == "report":
             if not args.artifact.is_dir():
                 raise UserError(f"artifact directory not found: {args.artifact}")

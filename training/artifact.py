@@ -42,3 +42,23 @@ def load_artifact(path: str | Path) -> Artifact:
         dataset=load_dataset(config.data, config.seed),
         model=keras.models.load_model(path / "model.keras", compile=False),
     )
+
+
+def write_samples(path: str | Path, out: str | Path, per_class: int = 1) -> list[Path]:
+    """The first ``per_class`` validation images of each class, as ``<class>-<n>.png`` in
+    ``out``: images the model never trained on, for demos and smoke tests."""
+    from PIL import Image
+
+    from training.data import load_dataset
+
+    config = load_config(Path(path) / "config.yaml")
+    dataset = load_dataset(config.data, config.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, name in enumerate(dataset.class_names):
+        for n, row in enumerate((dataset.val_labels == index).nonzero()[0][:per_class]):
+            file = out / f"{name}-{n}.png"
+            Image.fromarray(dataset.val_images[row]).save(file)
+            written.append(file)
+    return written
