@@ -1,0 +1,56 @@
+"""Server settings: defaults < file < environment < flags, strictly checked; JSON logs."""
+
+import json
+import logging
+
+import pytest
+
+from serving.config import ConfigError, ServerConfig, load_config
+from serving.logs import JsonFormatter
+
+
+def test_precedence_defaults_file_environment_flags(tmp_path):
+    file = tmp_path / "server.yaml"
+    file.write_text("port: 9001\nmax-batch-size: 8\nlog_format: json\n")
+    env = {"SIGHTLINE_PORT": "9002", "SIGHTLINE_MAX_QUEUE_DELAY_MS": "0.5"}
+    config = load_config(["--config", str(file), "--port", "9003"], env)
+    assert (config.port, config.max_batch_size, config.max_queue_delay_ms) == (9003, 8, 0.5)
+    assert config.log_format == "json" and config.max_queue_size == ServerConfig().max_queue_size
+    assert load_config(["--config", str(file)], env).port == 9002
+    assert load_config(["--config", str(file)], {}).port == 9001
+    assert load_config([], {}).port == 8500
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["--port", "eighty"], {}, "port must be int; got 'eighty'"),
+    (["--port", "0"], {}, "port must be positive; got 0"),
+    ([], {"SIGHTLINE_VERSION_POLICY": "newest"}, "version_policy must be one of"),
+    (["--tls-cert", "a.crt"], {}, "tls_cert and tls_key go together"),
+    (["--tls-client-ca", "ca.crt"], {}, "mutual TLS"),
+])
+def test_bad_settings_are_refused_by_name(argv, env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(argv, env)
+
+
+def test_unknown_file_keys_are_refused(tmp_path):
+    file = tmp_path / "server.json"
+    file.write_text(json.dumps({"prot": 1}))
+    with pytest.raises(ConfigError, match="unknown setting 'prot'"):
+        load_config(["--config", str(file)], {})
+
+
+def test_worker_count_defaults_to_the_cores():
+    import os
+
+    assert ServerConfig().worker_count == (os.cpu_count() or 1)
+    assert ServerConfig(workers=3).worker_count == 3
+
+
+def test_json_log_lines():
+    record = logging.LogRecord("sightline.server", logging.WARNING, __file__, 1,
+                               "loaded %s", ("gap",), None)
+    record.fields = {"version": 3}
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "loaded gap" and line["level"] == "WARNING"
+    assert line["version"] == 3 and line["time"].endswith("Z")
