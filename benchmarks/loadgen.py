@@ -58,7 +58,7 @@ def _with_request_id(message: bytes, request_id: str) -> bytes:
 
 
 class _Window:
-    """Timestamps of one command's requests: which fall in [start, stop] and how many ended there."""
+    """One command's timings: requests sent and answered in [start, stop], answers counted."""
 
     def __init__(self, start: float, stop: float):
         self.start, self.stop = start, stop
@@ -138,19 +138,23 @@ def run_stream(channel: grpc.Channel, api: str, messages: list[bytes], concurren
                 yield message
             index += 1
 
-    for raw in call(requests(), timeout=TIMEOUT_S + window.stop - time.monotonic()):
-        done = time.monotonic()
-        if api == "sightline":
-            response = pb.ClassifyResponse.FromString(raw)
-            sent = sent_at.pop(response.request_id)
-            if response.HasField("error"):
-                window.error()
-                print(f"loadgen: stream error {response.error.message}", file=sys.stderr)
+    try:
+        for raw in call(requests(), timeout=TIMEOUT_S + window.stop - time.monotonic()):
+            done = time.monotonic()
+            if api == "sightline":
+                response = pb.ClassifyResponse.FromString(raw)
+                sent = sent_at.pop(response.request_id)
+                if response.HasField("error"):
+                    window.error()
+                    print(f"loadgen: stream error {response.error.message}", file=sys.stderr)
+                else:
+                    window.record(sent, done, response.timing.inference_seconds)
             else:
-                window.record(sent, done, response.timing.inference_seconds)
-        else:
-            window.record(in_order.popleft(), done, 0.0)
-        slots.release()
+                window.record(in_order.popleft(), done, 0.0)
+            slots.release()
+    except grpc.RpcError as exc:  # counted and reported; the next command opens a new stream
+        window.error()
+        print(f"loadgen: stream failed: {exc}", file=sys.stderr)
 
 
 def drive(target: str, api: str, requests_file: Path) -> None:

@@ -107,6 +107,11 @@ class DynamicBatcher:
         return self._depth
 
     @property
+    def capacity(self) -> int:
+        """The most jobs that may wait (max_queue_size)."""
+        return self._max_queue
+
+    @property
     def in_flight(self) -> int:
         """Jobs submitted whose future the batcher has not yet resolved."""
         return self._in_flight

@@ -66,6 +66,13 @@ class ServerConfig:
     tls_client_ca: str = ""  # set: mutual TLS, clients must present a certificate it signed
     auth_token_file: str = ""  # set: requests need "authorization: Bearer <token>"
 
+    # Metrics: Prometheus text on http://<metrics_host>:<metrics_port>/metrics; -1 turns it off.
+    metrics_port: int = 8502
+    metrics_host: str = "0.0.0.0"
+    low_confidence: float = 0.5  # top-1 probability under this counts as a low-confidence answer
+    drift_window: int = 1000  # requests per model in the sliding drift window
+    drift_min_samples: int = 500  # below this, drift reads 0 (sampling noise is ~0.1 PSI at 100)
+
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
 
@@ -77,10 +84,13 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
         positive = ("port", "grpc_threads", "max_batch_size", "max_queue_size",
                     "max_message_bytes", "max_image_bytes", "max_image_pixels", "keep_versions",
-                    "interpreter_threads")
+                    "interpreter_threads", "drift_window", "drift_min_samples")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.metrics_port < -1:
+            raise ConfigError(f"metrics_port must be a port, 0 (any) or -1 (off); got "
+                              f"{self.metrics_port}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key go together; got only one")
         if self.tls_client_ca and not self.tls_cert:

@@ -28,16 +28,18 @@ from typing import Any
 import numpy as np
 
 from serving.batching import BatcherClosed, DeadlineExpired, DynamicBatcher, Job, QueueFull
+from serving.drift import DriftMonitor
 from serving.errors import (
     BadRequest,
     Cancelled,
     DeadlineExceeded,
     ModelUnavailable,
     Overloaded,
+    ServingError,
     UnknownModel,
 )
 from serving.pipeline.cam import METHODS, get_method, render
-from serving.pipeline.decode import DecodeLimits, InputError, decode_image, tensor_to_input
+from serving.pipeline.decode import DecodeLimits, InputError, decode, tensor_to_input
 from serving.pipeline.explain import activations_and_gradients
 from serving.repository.loader import LoadError, load_servable
 from serving.repository.manager import ModelManager, ModelNotFound
@@ -109,6 +111,8 @@ class Pending:
     hold: contextlib.ExitStack
     timing: Timing
     started: float
+    input_bytes: int | None = None  # encoded size, for metrics
+    input_pixels: int | None = None  # width x height as sent
 
 
 def deadline_after(remaining: float | None) -> float | None:
@@ -123,8 +127,12 @@ class Inference:
     """The path from request to ``Result``; holds one dynamic batcher per loaded servable."""
 
     def __init__(self, manager: ModelManager | None, batching: BatchingConfig | None = None,
-                 limits: DecodeLimits | None = None, default_model: str = ""):
+                 limits: DecodeLimits | None = None, default_model: str = "",
+                 observer: Any = None, drift: tuple[int, int] | None = (1000, 500)):
         self.manager = manager  # None until the server wires it: its loader is ``self.loader``
+        # Metrics wrap the path through these hooks (serving.metrics.ServingMetrics).
+        self.observer = observer if observer is not None else _NoObserver()
+        self.drift = drift  # (window, min_samples) of each version's drift monitor; None: off
         self._default_model = default_model
         self.batching = batching or BatchingConfig()
         self.limits = limits or DecodeLimits()
@@ -144,40 +152,58 @@ class Inference:
         goes away. Streams submit many before finishing any, so batches fill."""
         started = time.perf_counter()
         hold = contextlib.ExitStack()
+        self.observer.request_started()
         try:
             servable = self._hold(hold, name, version, label)
             card = servable.card
             top_k = self._top_k(top_k, card.num_classes)
             if explain is not None:
                 self._check_explain(explain, card.num_classes)
-            pixels = self._decode(image, tensor, card.input.height, card.input.width)
+            pixels, input_pixels = self._decode(image, tensor, card.input.height,
+                                                card.input.width)
             decoded = time.perf_counter()
             future = self._submit(servable, pixels, explain, deadline)
-        except BaseException:
+        except BaseException as exc:
             hold.close()
+            self.observer.request_ended()
+            if isinstance(exc, ServingError):
+                self.observer.rejected_request(exc.reason, type(exc).__name__)
             raise
         if on_cancel is not None:
             on_cancel(future.cancel)
         return Pending(servable, pixels, explain, top_k, deadline, future, hold,
-                       Timing(decode_seconds=decoded - started), started)
+                       Timing(decode_seconds=decoded - started), started,
+                       None if image is None else len(image), input_pixels)
 
     def finish(self, pending: Pending) -> tuple[Result, int]:
         """Wait for a submitted request (up to its deadline), render its heatmap, release the
         servable."""
-        with pending.hold:
-            probabilities, cam, target, inference_seconds, queue_seconds = self._wait(pending)
-            servable = pending.servable
-            result = Result(servable.name, servable.version, servable.card.labels, probabilities)
-            explain_started = time.perf_counter()
-            if pending.explain is not None:
-                result.heatmap = self._render(pending.pixels, cam, target, pending.explain)
-            done = time.perf_counter()
-            result.timing = pending.timing
-            result.timing.queue_seconds = queue_seconds
-            result.timing.inference_seconds = inference_seconds
-            result.timing.explain_seconds = done - explain_started
-            result.timing.total_seconds = done - pending.started
-            return result, pending.top_k
+        try:
+            with pending.hold:
+                result = self._finish(pending)
+        except ServingError as exc:
+            self.observer.rejected_request(exc.reason, type(exc).__name__)
+            raise
+        finally:
+            self.observer.request_ended()
+        self.observer.request_done(pending.servable, result, pending.pixels,
+                                   pending.input_bytes, pending.input_pixels)
+        return result, pending.top_k
+
+    def _finish(self, pending: Pending) -> Result:
+        probabilities, cam, target, inference_seconds, queue_seconds = self._wait(pending)
+        servable = pending.servable
+        result = Result(servable.name, servable.version, servable.card.labels, probabilities)
+        explain_started = time.perf_counter()
+        if pending.explain is not None:
+            result.heatmap = self._render(pending.pixels, cam, target, pending.explain)
+        done = time.perf_counter()
+        result.timing = pending.timing
+        result.timing.queue_seconds = queue_seconds
+        result.timing.inference_seconds = inference_seconds
+        result.timing.explain_seconds = done - explain_started
+        result.timing.total_seconds = done - pending.started
+        return result
 
     def batcher(self, servable: Servable) -> DynamicBatcher:
         """The servable's batcher, made on first use; closed (drained) when it is unloaded."""
@@ -196,6 +222,7 @@ class Inference:
                     workers=self.batching.workers,
                     name=f"{servable.name}-v{servable.version}",
                 )
+                batcher.on_batch = lambda kind, size: self.observer.batch(servable.name, size)
                 servable.resources["batcher"] = batcher
                 servable.on_unload.append(lambda: batcher.close(drain=True))
         return batcher
@@ -229,6 +256,11 @@ class Inference:
                 self.batcher(servable)
             except Exception as exc:
                 raise LoadError(f"cannot start the batcher's interpreters: {exc}") from exc
+            reference = servable.card.reference
+            if reference is not None and self.drift is not None:
+                window, min_samples = self.drift
+                servable.resources["drift"] = DriftMonitor(
+                    reference, servable.card.num_classes, window=window, min_samples=min_samples)
             return servable
 
         return load
@@ -256,9 +288,9 @@ class Inference:
     def _decode(self, image, tensor, height, width) -> np.ndarray:
         try:
             if image is not None:
-                return decode_image(image, height, width, self.limits)
+                return decode(image, height, width, self.limits)
             if tensor is not None:
-                return tensor_to_input(*tensor, height, width)
+                return tensor_to_input(*tensor, height, width), height * width
         except InputError as exc:
             raise BadRequest(exc.reason, str(exc)) from None
         raise BadRequest("no_input", "the request has neither image bytes nor a tensor")
@@ -338,3 +370,14 @@ class _BatchRunner:
         seconds = time.perf_counter() - started
         return [(p, m, int(t), seconds, job.started - job.enqueued)
                 for p, m, t, job in zip(probabilities, maps, targets, jobs, strict=True)]
+
+
+class _NoObserver:
+    """Stands in when no metrics are wanted: every hook does nothing."""
+
+    def __getattr__(self, name):
+        return _nothing
+
+
+def _nothing(*args, **kwargs) -> None:
+    return None

@@ -22,6 +22,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 from serving import oip, service
 from serving.auth import BearerTokenInterceptor, read_tokens
@@ -29,6 +36,7 @@ from serving.config import ConfigError, ServerConfig, load_config
 from serving.inference import BatchingConfig, Inference
 from serving.interpreter import TFLiteModel
 from serving.logs import setup_logging
+from serving.metrics import GrpcMetricsInterceptor, ServingMetrics
 from serving.pipeline.decode import DecodeLimits
 from serving.repository.loader import LoadError
 from serving.repository.manager import ModelManager
@@ -54,10 +62,18 @@ class Server:
     manager: ModelManager
     health: health.HealthServicer
     source: DirectorySource | None = None
+    metrics: ServingMetrics | None = None
+    metrics_port: int | None = None  # the bound metrics port, when metrics are on
+    _metrics_http: object = None
     _stop_polling: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
+        if self.metrics is not None and self.config.metrics_port >= 0:
+            self._metrics_http, _ = start_http_server(
+                self.config.metrics_port, addr=self.config.metrics_host,
+                registry=self.metrics.registry)
+            self.metrics_port = self._metrics_http.server_port
         self.grpc_server.start()
         if self.source is not None:
             self._poll()
@@ -94,6 +110,8 @@ class Server:
         log.info("shutting down: finishing in-flight requests (grace %.0fs)", grace)
         self.grpc_server.stop(grace).wait()
         self.manager.close(timeout=grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
         self._stopped.set()
         log.info("stopped")
 
@@ -101,31 +119,41 @@ class Server:
         self._stopped.wait()
 
 
-def create_server(config: ServerConfig, port: int | None = None) -> Server:
-    """Load the models and build the server (not started). ``port`` 0 picks a free port."""
+def create_server(config: ServerConfig, port: int | None = None,
+                  registry: CollectorRegistry | None = None) -> Server:
+    """Load the models and build the server (not started). ``port`` 0 picks a free port;
+    ``registry`` (default: a new one) receives the metrics."""
+    metrics = ServingMetrics(registry, low_confidence=config.low_confidence)
+    if registry is None:  # the process's own CPU, memory and GC, as prometheus-client reports
+        ProcessCollector(registry=metrics.registry)
+        GCCollector(registry=metrics.registry)
+        PlatformCollector(registry=metrics.registry)
     inference = Inference(
         None,
         BatchingConfig(max_batch_size=config.max_batch_size,
                        max_queue_delay_s=config.max_queue_delay_ms / 1000,
                        max_queue_size=config.max_queue_size, workers=config.worker_count),
         DecodeLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels),
-        default_model=config.default_model)
+        default_model=config.default_model, observer=metrics,
+        drift=(config.drift_window, config.drift_min_samples))
     threads = config.interpreter_threads
     loader = inference.loader(lambda path: TFLiteModel(path, num_threads=threads))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     source = None
     if config.model_dir:
-        manager = ModelManager.from_directory(config.model_dir, loader=loader)
+        manager = ModelManager.from_directory(config.model_dir, loader=loader,
+                                              on_event=metrics.model_event)
     else:
-        manager = ModelManager(loader=loader)
+        manager = ModelManager(loader=loader, on_event=metrics.model_event)
         source = DirectorySource(config.model_repository, _policy(config),
                                  interval_seconds=config.poll_seconds)
     inference.manager = manager
+    metrics.watch(manager, drift_of=lambda name: _drift(manager, name))
 
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.grpc_threads,
                                    thread_name_prefix="grpc"),
-        interceptors=_interceptors(config),
+        interceptors=[GrpcMetricsInterceptor(metrics), *_interceptors(config)],
         options=_options(config),
         compression=COMPRESSION[config.compression],
         maximum_concurrent_rpcs=None,
@@ -142,7 +170,17 @@ def create_server(config: ServerConfig, port: int | None = None) -> Server:
         (*SERVICES[1:], health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server)
     address = f"{config.host}:{config.port if port is None else port}"
     bound = _bind(grpc_server, address, config)
-    return Server(config, grpc_server, bound, inference, manager, health_servicer, source)
+    return Server(config, grpc_server, bound, inference, manager, health_servicer, source,
+                  metrics)
+
+
+def _drift(manager: ModelManager, name: str) -> dict | None:
+    """The drift of a model's newest served version, as its monitor sees it now."""
+    try:
+        monitor = manager.get(name).resources.get("drift")
+    except LookupError:
+        return None
+    return None if monitor is None else monitor.snapshot()
 
 
 def _policy(config: ServerConfig):

@@ -40,6 +40,7 @@ __all__ = [
     "REASONS",
     "TENSOR_DTYPES",
     "DecodeLimits",
+    "decode",
     "InputError",
     "decode_image",
     "tensor_to_input",
@@ -133,6 +134,14 @@ def decode_image(
     The format is read from the bytes, never from a file name or a claimed type, and must be in
     ``limits.formats``. Animated images (GIF, WebP, APNG) give their first frame.
     """
+    return decode(data, height, width, limits)[0]
+
+
+def decode(
+    data: bytes, height: int, width: int, limits: DecodeLimits = DecodeLimits()
+) -> tuple[np.ndarray, int]:
+    """``decode_image``, plus the pixel count (width x height) of the image as sent, for the
+    input-size metrics."""
     if not data:
         raise InputError("empty", "the image is empty: 0 bytes were sent")
     if len(data) > limits.max_bytes:
@@ -142,7 +151,7 @@ def decode_image(
     try:
         with Image.open(io.BytesIO(data), formats=sorted(limits.formats)) as image:
             _check_header_size(image, limits)
-            return to_model_input(image, height, width)
+            return to_model_input(image, height, width), image.width * image.height
     except InputError:
         raise
     except UnidentifiedImageError:

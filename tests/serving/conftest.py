@@ -33,7 +33,8 @@ def start_server(tmp_path):
     servers = []
 
     def start(models, **settings):
-        settings = {"host": "127.0.0.1", "poll_seconds": 0.1, "workers": 2, **settings}
+        settings = {"host": "127.0.0.1", "poll_seconds": 0.1, "workers": 2, "metrics_port": 0,
+                    "metrics_host": "127.0.0.1", **settings}
         config = ServerConfig(model_repository=str(models), **settings)
         server = create_server(config, port=0)
         server.start()

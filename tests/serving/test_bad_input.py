@@ -109,7 +109,8 @@ def shared_server(deployable, tmp_path_factory):
     models = tmp_path_factory.mktemp("bad-input") / "models"
     deploy(deployable("gap"), models)
     server = create_server(ServerConfig(model_repository=str(models), host="127.0.0.1",
-                                        workers=1, max_message_bytes=1024 * 1024), port=0)
+                                        workers=1, max_message_bytes=1024 * 1024,
+                                        metrics_port=-1), port=0)
     server.start()
     yield server
     server.stop(grace=1.0)

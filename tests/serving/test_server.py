@@ -130,7 +130,7 @@ def test_sigterm_finishes_in_flight_requests(deployable, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-dir", str(deployable("gap")),
          "--host", "127.0.0.1", "--port", str(port), "--max-queue-delay-ms", "300",
-         "--grace-seconds", "10"],
+         "--grace-seconds", "10", "--metrics-port", "0"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -1,0 +1,283 @@
+"""Prometheus metrics: the definitions (``monitoring/METRICS.md`` is the contract), the gRPC
+interceptor that counts every RPC, and the observer the inference path reports to.
+
+The registry is passed in, so each test builds a fresh one. Metrics wrap the data path rather
+than live in it: ``GrpcMetricsInterceptor`` wraps every service; ``ServingMetrics`` implements
+the ``Inference`` observer hooks (``request_done``, ``rejected``, ``batch``) and the model
+manager's ``on_event`` hook; gauges that describe state (queue depth, served versions, drift)
+are read at scrape time by a collector, so they are never stale. Label values are bounded:
+``model`` and ``class`` only ever take values from loaded model cards, never from requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from serving.pipeline.decode import REASONS as DECODE_REASONS
+from serving.reference_stats import brightness
+
+__all__ = ["GrpcMetricsInterceptor", "ServingMetrics", "SLO_SECONDS"]
+
+SLO_SECONDS = 0.1  # the latency SLO: a bucket boundary in every latency histogram
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, SLO_SECONDS, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
+STAGES = ("decode", "queue", "inference", "explain", "total")
+REJECTION_REASONS = ("queue_full", "deadline", "cancelled", "not_ready", "closing", "bad_input",
+                     "unknown_model", "unauthenticated")
+
+
+class ServingMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 low_confidence: float = 0.5):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.low_confidence = low_confidence
+        r = self.registry
+        self.grpc_started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.",
+            ["grpc_type", "grpc_service", "grpc_method"], registry=r)
+        self.grpc_handled = Counter(
+            "grpc_server_handled_total", "RPCs completed on the server, by status code.",
+            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"], registry=r)
+        self.grpc_seconds = Histogram(
+            "grpc_server_handling_seconds", "Time from RPC start to its status, seconds.",
+            ["grpc_type", "grpc_service", "grpc_method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.grpc_received = Counter(
+            "grpc_server_msg_received_total", "Messages received from clients.",
+            ["grpc_type", "grpc_service", "grpc_method"], registry=r)
+        self.grpc_sent = Counter(
+            "grpc_server_msg_sent_total", "Messages sent to clients.",
+            ["grpc_type", "grpc_service", "grpc_method"], registry=r)
+
+        self.stage_seconds = Histogram(
+            "sightline_request_duration_seconds", "Time per request in each serving stage.",
+            ["model", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "sightline_batch_size", "Images per interpreter call.", ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.in_flight = Gauge(
+            "sightline_in_flight_requests", "Requests accepted and not yet answered.",
+            registry=r)
+        self.rejected = Counter(
+            "sightline_requests_rejected_total", "Requests refused or dropped, by reason.",
+            ["reason"], registry=r)
+        self.loads = Counter(
+            "sightline_model_loads_total", "Model version loads, by result.",
+            ["model", "result"], registry=r)
+        self.unloads = Counter(
+            "sightline_model_unloads_total", "Model versions unloaded.", ["model"], registry=r)
+        self.load_seconds = Histogram(
+            "sightline_model_load_duration_seconds", "Time to load, verify and warm a version.",
+            ["model"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.warmup_seconds = Gauge(
+            "sightline_model_warmup_seconds", "Warm-up time of the last version loaded.",
+            ["model"], registry=r)
+        self.predictions = Counter(
+            "sightline_predictions_total", "Top-1 predictions by class.", ["model", "class"],
+            registry=r)
+        self.confidence = Histogram(
+            "sightline_prediction_confidence", "Top-1 probability of each prediction.",
+            ["model"], buckets=tuple(np.round(np.arange(0.1, 1.01, 0.1), 1)), registry=r)
+        self.low_confidence_total = Counter(
+            "sightline_low_confidence_predictions_total",
+            f"Predictions whose top-1 probability is below {low_confidence}.", ["model"],
+            registry=r)
+        self.input_bytes = Histogram(
+            "sightline_input_bytes", "Encoded size of request images, bytes.", ["model"],
+            buckets=tuple(1024 * 4**i for i in range(8)) + (16 * 1024 * 1024,), registry=r)
+        self.input_pixels = Histogram(
+            "sightline_input_pixels", "Width x height of request images as sent.", ["model"],
+            buckets=(1e3, 4e3, 1.6e4, 6.4e4, 2.5e5, 1e6, 4e6, 1.6e7, 4e7), registry=r)
+        self.decode_failures = Counter(
+            "sightline_decode_failures_total", "Requests whose input could not be used.",
+            ["reason"], registry=r)
+        for reason in DECODE_REASONS:
+            self.decode_failures.labels(reason)
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason)
+
+    # -- the Inference observer -----------------------------------------------------------
+
+    def request_started(self) -> None:
+        self.in_flight.inc()
+
+    def request_ended(self) -> None:
+        self.in_flight.dec()
+
+    def request_done(self, servable, result, pixels: np.ndarray, input_bytes: int | None,
+                     input_pixels: int | None) -> None:
+        model, labels = servable.name, servable.card.labels
+        t = result.timing
+        for stage, seconds in (("decode", t.decode_seconds), ("queue", t.queue_seconds),
+                               ("inference", t.inference_seconds), ("total", t.total_seconds)):
+            self.stage_seconds.labels(model, stage).observe(seconds)
+        if result.heatmap is not None:
+            self.stage_seconds.labels(model, "explain").observe(t.explain_seconds)
+        top = int(result.probabilities.argmax())
+        confidence = float(result.probabilities[top])
+        self.predictions.labels(model, labels[top]).inc()
+        self.confidence.labels(model).observe(confidence)
+        if confidence < self.low_confidence:
+            self.low_confidence_total.labels(model).inc()
+        if input_bytes is not None:
+            self.input_bytes.labels(model).observe(input_bytes)
+        if input_pixels is not None:
+            self.input_pixels.labels(model).observe(input_pixels)
+        drift = servable.resources.get("drift")
+        if drift is not None:
+            drift.observe(top, confidence, float(brightness(pixels[None])[0]))
+
+    def rejected_request(self, reason: str, error_type: str) -> None:
+        """``reason``: the ServingError's reason; ``error_type``: its class name."""
+        if reason in DECODE_REASONS:
+            self.decode_failures.labels(reason).inc()
+            self.rejected.labels("bad_input").inc()
+        elif reason in REJECTION_REASONS:
+            self.rejected.labels(reason).inc()
+        elif error_type == "BadRequest":
+            self.rejected.labels("bad_input").inc()
+        elif error_type == "UnknownModel":
+            self.rejected.labels("unknown_model").inc()
+
+    def batch(self, model: str, size: int) -> None:
+        self.batch_size.labels(model).observe(size)
+
+    # -- the model manager's on_event hook ------------------------------------------------
+
+    def model_event(self, event: str, name: str, version: int, details: dict) -> None:
+        if event == "loaded":
+            self.loads.labels(name, "success").inc()
+            self.load_seconds.labels(name).observe(details.get("seconds", 0.0))
+            self.warmup_seconds.labels(name).set(details.get("warmup_seconds", 0.0))
+        elif event == "load_failed":
+            self.loads.labels(name, "failure").inc()
+        elif event == "unloaded":
+            self.unloads.labels(name).inc()
+
+    def watch(self, manager, drift_of: Callable | None = None) -> None:
+        """Report the served versions, their queues and drift at every scrape."""
+        self.registry.register(_StateCollector(manager, drift_of))
+
+
+class _StateCollector(Collector):
+    def __init__(self, manager, drift_of):
+        self.manager = manager
+        self.drift_of = drift_of
+
+    def collect(self):
+        info = GaugeMetricFamily("sightline_model_info", "Served model versions (value 1).",
+                                 labels=["model", "version", "sha256", "variant"])
+        loaded = GaugeMetricFamily("sightline_model_loaded", "Versions served per model.",
+                                   labels=["model"])
+        depth = GaugeMetricFamily("sightline_queue_depth", "Requests waiting for a batch.",
+                                  labels=["model"])
+        capacity = GaugeMetricFamily("sightline_queue_capacity", "Most requests that may wait.",
+                                     labels=["model"])
+        psi = GaugeMetricFamily("sightline_drift_psi", "Population stability index of live "
+                                "traffic against the card's reference.", labels=["model", "signal"])
+        ks = GaugeMetricFamily("sightline_drift_ks", "Kolmogorov-Smirnov statistic of live "
+                               "traffic against the card's reference.", labels=["model", "signal"])
+        window = GaugeMetricFamily("sightline_drift_window_size", "Requests in the drift window.",
+                                   labels=["model"])
+        for name, versions in self.manager.models().items():
+            loaded.add_metric([name], len(versions))
+            queued, room = 0, 0
+            for version in versions:
+                try:
+                    servable = self.manager.get(name, version)
+                except LookupError:  # unloaded between the two reads
+                    continue
+                card = servable.card
+                info.add_metric([name, str(version), card.files["model.tflite"]["sha256"],
+                                 card.quantization.get("primary", "")], 1)
+                batcher = servable.resources.get("batcher")
+                if batcher is not None:
+                    queued += batcher.queue_depth
+                    room += batcher.capacity
+            depth.add_metric([name], queued)
+            capacity.add_metric([name], room)
+            drift = self.drift_of(name) if self.drift_of is not None else None
+            if drift is not None:
+                psi.add_metric([name, "class_mix"], drift["class_mix_psi"])
+                psi.add_metric([name, "brightness"], drift["brightness_psi"])
+                ks.add_metric([name, "confidence"], drift["confidence_ks"])
+                window.add_metric([name], drift["window_size"])
+        yield from (info, loaded, depth, capacity, psi, ks, window)
+
+
+class GrpcMetricsInterceptor(grpc.ServerInterceptor):
+    """RED metrics for every RPC, named as py-grpc-prometheus names them."""
+
+    def __init__(self, metrics: ServingMetrics):
+        self.m = metrics
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        if handler.request_streaming and handler.response_streaming:
+            kind, wrap, factory = ("bidi_stream", self._streaming,
+                                   grpc.stream_stream_rpc_method_handler)
+            behavior = handler.stream_stream
+        elif not handler.request_streaming and not handler.response_streaming:
+            kind, wrap, factory = ("unary", self._unary, grpc.unary_unary_rpc_method_handler)
+            behavior = handler.unary_unary
+        else:  # Sightline has no half-streaming methods; count them without wrapping
+            return handler
+        labels = (kind, service, method)
+        return factory(wrap(behavior, labels), handler.request_deserializer,
+                       handler.response_serializer)
+
+    def _finish(self, labels, context, started, code=None):
+        code = code or context.code() or grpc.StatusCode.OK
+        self.m.grpc_handled.labels(*labels, code.name).inc()
+        self.m.grpc_seconds.labels(*labels).observe(time.perf_counter() - started)
+
+    def _unary(self, behavior, labels):
+        def wrapped(request, context):
+            started = time.perf_counter()
+            self.m.grpc_started.labels(*labels).inc()
+            self.m.grpc_received.labels(*labels).inc()
+            try:
+                response = behavior(request, context)
+            except BaseException:
+                self._finish(labels, context, started, context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            self.m.grpc_sent.labels(*labels).inc()
+            self._finish(labels, context, started)
+            return response
+
+        return wrapped
+
+    def _streaming(self, behavior, labels):
+        def wrapped(request_iterator, context):
+            started = time.perf_counter()
+            self.m.grpc_started.labels(*labels).inc()
+            received = self.m.grpc_received.labels(*labels)
+            sent = self.m.grpc_sent.labels(*labels)
+
+            def counted():
+                for request in request_iterator:
+                    received.inc()
+                    yield request
+
+            try:
+                for response in behavior(counted(), context):
+                    sent.inc()
+                    yield response
+            except GeneratorExit:  # the client went away mid-stream
+                self._finish(labels, context, started, grpc.StatusCode.CANCELLED)
+                raise
+            except BaseException:
+                self._finish(labels, context, started, context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            self._finish(labels, context, started)
+
+        return wrapped
