@@ -30,11 +30,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[train,serve,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Debian packages the tests use: headless Chromium opens the HTML report.
+# Debian packages the tests use: headless Chromium opens the HTML report; Prometheus (with
+# promtool) scrapes a real server; Alertmanager's amtool checks the alert routing. The packages'
+# own services are not wanted: tests start Prometheus themselves, on a free port.
+SYSTEM_PACKAGES := chromium prometheus prometheus-alertmanager
 system-deps:
-	@command -v chromium >/dev/null || { \
-	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
-	    else echo "system-deps: run as root or install chromium yourself"; fi; }
+	@missing=""; for tool in chromium prometheus amtool; do \
+	    command -v $$tool >/dev/null || missing=yes; done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	          apt-get install -y -qq $(SYSTEM_PACKAGES); } || exit 1; \
+	        for unit in prometheus prometheus-alertmanager prometheus-node-exporter; do \
+	            service $$unit stop >/dev/null 2>&1 || true; done; \
+	    else echo "system-deps: run as root or apt-get install $(SYSTEM_PACKAGES)"; fi; fi
 
 # The gRPC stubs under serving/protos_gen/ are committed; a test fails when they are stale.
 protos: install

@@ -123,3 +123,13 @@ def wait_for_version(stub, version, timeout=20.0):
             return
         time.sleep(0.05)
     raise AssertionError(f"version {version} was not served within {timeout}s")
+
+
+def test_compressed_requests_and_responses(repository, start_server):
+    server = start_server(repository, compression="gzip")
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}",
+                               compression=grpc.Compression.Gzip) as channel:
+        from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
+
+        response = pb_grpc.ImageClassifierStub(channel).Classify(classify_request(), timeout=10)
+        assert len(response.classes) == 5

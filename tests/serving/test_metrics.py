@@ -1,0 +1,108 @@
+"""The metrics a real server exports after real traffic, checked by name and value, by promtool,
+and for bounded cardinality under fuzzed input."""
+
+import shutil
+import subprocess
+import urllib.request
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
+from tests.serving.conftest import MODEL, classify_request, image_bytes
+
+
+def scrape(server) -> str:
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """{(sample name, sorted label items): value}"""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(found, name, **labels):
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_traffic_is_counted_by_method_code_stage_class_and_reason(server, stub):
+    for i in range(5):
+        stub.Classify(classify_request(image=image_bytes(i)), timeout=10)
+    stub.Classify(classify_request(explain=pb.ExplainRequest(png_overlay=True)), timeout=10)
+    for bad in (b"", b"garbage bytes"):
+        with pytest.raises(grpc.RpcError):
+            stub.Classify(pb.ClassifyRequest(image=bad), timeout=10)
+    list(stub.ClassifyStream(iter([classify_request(), classify_request()]), timeout=10))
+    found = samples(scrape(server))
+    unary = {"grpc_type": "unary", "grpc_service": "sightline.classifier.v1.ImageClassifier",
+             "grpc_method": "Classify"}
+    assert value(found, "grpc_server_started_total", **unary) == 8
+    assert value(found, "grpc_server_handled_total", grpc_code="OK", **unary) == 6
+    assert value(found, "grpc_server_handled_total", grpc_code="INVALID_ARGUMENT", **unary) == 2
+    assert value(found, "grpc_server_handling_seconds_count", **unary) == 8
+    stream = {**unary, "grpc_type": "bidi_stream", "grpc_method": "ClassifyStream"}
+    assert value(found, "grpc_server_msg_received_total", **stream) == 2
+    assert value(found, "grpc_server_msg_sent_total", **stream) == 2
+    assert value(found, "grpc_server_handled_total", grpc_code="OK", **stream) == 1
+    assert value(found, "sightline_request_duration_seconds_count", model=MODEL,
+                 stage="total") == 8
+    assert value(found, "sightline_request_duration_seconds_count", model=MODEL,
+                 stage="explain") == 1
+    assert value(found, "sightline_request_duration_seconds_bucket", model=MODEL,
+                 stage="total", le="0.1") >= 1  # the SLO is a bucket boundary
+    predictions = sum(v for (name, _), v in found.items() if name == "sightline_predictions_total")
+    assert predictions == 8
+    assert value(found, "sightline_prediction_confidence_count", model=MODEL) == 8
+    assert value(found, "sightline_decode_failures_total", reason="empty") == 1
+    assert value(found, "sightline_decode_failures_total", reason="unknown_format") == 1
+    assert value(found, "sightline_requests_rejected_total", reason="bad_input") == 2
+    assert value(found, "sightline_in_flight_requests") == 0
+    assert value(found, "sightline_batch_size_count", model=MODEL) >= 1
+    assert value(found, "sightline_model_loaded", model=MODEL) == 1
+    assert value(found, "sightline_model_loads_total", model=MODEL, result="success") == 1
+    assert value(found, "sightline_queue_capacity", model=MODEL) == 256
+    assert value(found, "sightline_input_bytes_count", model=MODEL) == 8
+    info = [labels for (name, labels), v in found.items() if name == "sightline_model_info"]
+    assert len(info) == 1 and dict(info[0])["version"] == "1" and dict(info[0])["variant"] == "int8"
+    assert value(found, "sightline_drift_window_size", model=MODEL) == 8
+    assert value(found, "sightline_drift_psi", model=MODEL, signal="class_mix") == 0  # < min
+    assert value(found, "process_resident_memory_bytes") > 0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing: apt prometheus")
+def test_promtool_finds_nothing_wrong_with_a_live_scrape(server, stub):
+    stub.Classify(classify_request(), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        stub.Classify(pb.ClassifyRequest(image=b"x"), timeout=10)
+    done = subprocess.run(["promtool", "check", "metrics"], input=scrape(server),
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "" and done.stderr.strip() == "", \
+        done.stdout + done.stderr
+
+
+def test_fuzzed_names_and_metadata_do_not_grow_the_series(server, stub):
+    def series() -> int:
+        return len(samples(scrape(server)))
+
+    stub.Classify(classify_request(), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        stub.Classify(pb.ClassifyRequest(image=b"warm-up garbage"), timeout=10)
+    before = series()
+    for i in range(200):
+        fuzz = f"fuzz-{i}-\u00e9\n{i * 7919}"
+        request = classify_request(request_id=fuzz, model=pb.ModelSpec(
+            name=fuzz if i % 3 else "", label=fuzz if i % 3 == 1 else "",
+            version=i if i % 3 == 2 else 0))
+        metadata = [(f"x-fuzz-{i}", fuzz.replace("\n", " "))]
+        try:
+            stub.Classify(request, timeout=10, metadata=metadata)
+        except grpc.RpcError:
+            pass
+    after = series()
+    # Only a bounded set may appear (NOT_FOUND codes, unknown_model rejections): never per name.
+    assert after - before <= 10, after - before
+    assert after < 1500
