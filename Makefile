@@ -16,12 +16,15 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 MODES    ?= --mode int8 --mode float32 --mode float16 --mode dynamic
 MODELS   ?= models
+PROMETHEUS_URL ?= http://127.0.0.1:9090
+PREVIEW_OUT    ?= artifacts/dashboards
 PORT     ?= 8500
 DEMO_OUT ?= artifacts/demo
 TRITON   := .venv-triton
 
 .PHONY: install system-deps train evaluate quantize report demo test lint clean distclean \
-        bench bench-train bench-quantize bench-server protos deploy serve tools
+        bench bench-train bench-quantize bench-server protos deploy serve tools \
+        dashboards-preview monitor-up
 
 install: $(STAMP)
 
@@ -40,9 +43,10 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ]; then \
 	        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	          apt-get install -y -qq $(SYSTEM_PACKAGES); } || exit 1; \
-	        for unit in prometheus prometheus-alertmanager prometheus-node-exporter; do \
-	            service $$unit stop >/dev/null 2>&1 || true; done; \
+	          apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); } || exit 1; \
+	        for unit in prometheus prometheus-alertmanager; do \
+	            { systemctl disable --now $$unit || service $$unit stop; } >/dev/null 2>&1 || true; \
+	        done; \
 	    else echo "system-deps: run as root or apt-get install $(SYSTEM_PACKAGES)"; fi; fi
 
 # The gRPC stubs under serving/protos_gen/ are committed; a test fails when they are stale.
@@ -83,6 +87,22 @@ demo: train evaluate quantize report deploy
 	@echo "      card $(ARTIFACT)/card.json, report $(ARTIFACT)/report.html"
 	@echo "      heatmaps $(DEMO_OUT)/heatmaps/, server log $(DEMO_OUT)/server.log"
 
+# Each dashboard drawn to PNG from a live Prometheus; lists the panels with no data.
+dashboards-preview: install
+	$(BIN)/python monitoring/grafana/preview.py --prometheus $(PROMETHEUS_URL) \
+	    --out $(PREVIEW_OUT) --minutes 10
+
+# Prometheus (and Grafana, where installed) against `make serve` on this machine.
+monitor-up: system-deps
+	mkdir -p artifacts/prometheus
+	@command -v grafana-server >/dev/null && { \
+	    PROMETHEUS_URL=$(PROMETHEUS_URL) GF_PATHS_PROVISIONING=monitoring/grafana/provisioning \
+	    grafana-server --homepath /usr/share/grafana >artifacts/grafana.log 2>&1 & \
+	    echo "grafana on http://127.0.0.1:3000 (log artifacts/grafana.log)"; } || \
+	    echo "grafana-server not installed: use make dashboards-preview for pictures"
+	prometheus --config.file=monitoring/prometheus/prometheus.yml \
+	    --storage.tsdb.path=artifacts/prometheus --web.listen-address=127.0.0.1:9090
+
 # Test-only tools that cannot share the main venv: tritonclient pins protobuf < 7.
 tools: $(TRITON)/.installed
 
@@ -96,7 +116,7 @@ test: install system-deps tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check training serving tests benchmarks
+	$(BIN)/ruff check training serving tests benchmarks monitoring
 
 # CIFAR-10 accuracy in bounded time on this machine's CPU (see docs/benchmarks.md).
 bench-train: install

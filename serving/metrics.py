@@ -101,6 +101,7 @@ class ServingMetrics:
             self.decode_failures.labels(reason)
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
+        self.known_models: set[str] = set()  # every model the repository tried to load
 
     # -- the Inference observer -----------------------------------------------------------
 
@@ -151,6 +152,10 @@ class ServingMetrics:
     # -- the model manager's on_event hook ------------------------------------------------
 
     def model_event(self, event: str, name: str, version: int, details: dict) -> None:
+        if name not in self.known_models:  # both results from 0, so increase() sees the first
+            self.known_models.add(name)
+            for result in ("success", "failure"):
+                self.loads.labels(name, result)
         if event == "loaded":
             self.loads.labels(name, "success").inc()
             self.load_seconds.labels(name).observe(details.get("seconds", 0.0))
@@ -162,13 +167,14 @@ class ServingMetrics:
 
     def watch(self, manager, drift_of: Callable | None = None) -> None:
         """Report the served versions, their queues and drift at every scrape."""
-        self.registry.register(_StateCollector(manager, drift_of))
+        self.registry.register(_StateCollector(manager, drift_of, self.known_models))
 
 
 class _StateCollector(Collector):
-    def __init__(self, manager, drift_of):
+    def __init__(self, manager, drift_of, known_models: set[str]):
         self.manager = manager
         self.drift_of = drift_of
+        self.known_models = known_models
 
     def collect(self):
         info = GaugeMetricFamily("sightline_model_info", "Served model versions (value 1).",
@@ -185,7 +191,10 @@ class _StateCollector(Collector):
                                "traffic against the card's reference.", labels=["model", "signal"])
         window = GaugeMetricFamily("sightline_drift_window_size", "Requests in the drift window.",
                                    labels=["model"])
-        for name, versions in self.manager.models().items():
+        served = self.manager.models()
+        for name in sorted(self.known_models - set(served)):  # tried, and nothing is served
+            loaded.add_metric([name], 0)
+        for name, versions in served.items():
             loaded.add_metric([name], len(versions))
             queued, room = 0, 0
             for version in versions:

@@ -32,23 +32,20 @@ registered in ``RULES`` under the linter's name where it has one. Ours are prefi
   unique; grid positions fit 24 columns and do not overlap.
 
 ``target-promql-rule`` (every expression parses) needs a PromQL parser: the tests run
-``promtool`` on :func:`panels.panel_expressions`; :func:`selectors` here raises on what it
-cannot tokenize, so a malformed expression also fails every rule above.
+``promtool`` on :func:`panels.panel_expressions`; :func:`promql.selectors` raises on what it
+cannot tokenize, so a malformed expression also fails the target rules above.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
+from monitoring.grafana.contract import Contract, read_contract
 from monitoring.grafana.panels import NO_QUERY_TYPES, iter_panels
+from monitoring.grafana.promql import Selector, selectors, variable_selectors
 
-__all__ = ["CONTRACT", "RULES", "Contract", "Selector", "lint", "read_contract", "selectors",
-           "variable_selectors"]
+__all__ = ["RULES", "lint"]
 
-CONTRACT = Path(__file__).resolve().parents[1] / "METRICS.md"
 MIN_SCHEMA_VERSION = 36  # Grafana 9.0+; ours are written at 39 (Grafana 10.3/11)
 
 # Grafana unit ids we may use (grafana-data valueFormats/categories.ts); extend as needed.
@@ -60,187 +57,8 @@ UNITS = frozenset({
 })
 RATE_FUNCTIONS = ("rate", "irate", "increase")
 COUNTER_SUFFIXES = ("_total", "_bucket", "_sum", "_count")
-HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
-ALWAYS_LABELS = frozenset({"job", "instance"})  # added by Prometheus at scrape time
 # Grafana's Prometheus variable functions (label_values(...), query_result(...), ...).
 VARIABLE_FUNCTIONS = ("label_values", "label_names", "metrics", "query_result")
-
-
-# -- the contract ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Contract:
-    """Metric names of METRICS.md and their labels (``None``: labels not spelled out)."""
-
-    labels: dict[str, frozenset[str] | None]
-    prefixes: tuple[str, ...] = ()  # from wildcards such as ``python_gc_*``
-
-    def base(self, name: str) -> str | None:
-        """The contract metric ``name`` belongs to (``x_bucket`` -> histogram ``x``)."""
-        if name in self.labels:
-            return name
-        for suffix in HISTOGRAM_SUFFIXES:
-            if name.endswith(suffix) and name[: -len(suffix)] in self.labels:
-                return name[: -len(suffix)]
-        if name.startswith(self.prefixes):
-            return name
-        return None
-
-    def labels_of(self, name: str) -> frozenset[str] | None:
-        base = self.base(name)
-        labels = self.labels.get(base) if base else None
-        if labels is None:
-            return None
-        return labels | ALWAYS_LABELS | ({"le"} if name.endswith("_bucket") else set())
-
-
-_CONTRACT_NAME = re.compile(r"`([a-zA-Z_:][a-zA-Z0-9_:]*\*?)(\{([^}]*)\})?`")
-
-
-def read_contract(path: Path = CONTRACT) -> Contract:
-    """Every backticked ``name`` or ``name{label,...}`` with an underscore in METRICS.md; a
-    ``{...}`` label list repeats the previous metric's labels on that line, and ``x_bucket{..}``
-    of a histogram ``x`` already read is an example, not a definition. ``up`` is added:
-    Prometheus makes it for every target."""
-    labels: dict[str, frozenset[str] | None] = {"up": frozenset()}
-    prefixes = []
-    for line in Path(path).read_text().splitlines():
-        previous = None
-        for match in _CONTRACT_NAME.finditer(line):
-            name, spec = match.group(1), match.group(3)
-            if "_" not in name:
-                continue  # a label name such as `model`, not a metric
-            if name.endswith("*"):
-                prefixes.append(name[:-1])
-                continue
-            if any(name.endswith(s) and name[: -len(s)] in labels for s in HISTOGRAM_SUFFIXES):
-                continue  # a series of a histogram defined above, quoted as an example
-            if spec is None:
-                found = frozenset()
-            elif spec.strip() == "...":
-                found = previous
-            else:
-                found = frozenset(part.split("=")[0].strip() for part in spec.split(",")
-                                  if part.strip())
-            known = labels.get(name)
-            labels[name] = found if known is None else known | (found or frozenset())
-            previous = found
-    return Contract(labels=labels, prefixes=tuple(prefixes))
-
-
-# -- a small PromQL reader: the selectors of an expression ----------------------------------
-
-@dataclass
-class Selector:
-    name: str | None
-    matchers: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> (op, value)
-    range: str | None = None         # "$__rate_interval" in foo[$__rate_interval]
-    function: str | None = None      # the innermost call around it, e.g. "rate"
-
-
-_TOKEN = re.compile(r"""
-    (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
-  | (?P<range>\[[^\]]*\])
-  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
-  | (?P<ident>[a-zA-Z_:][a-zA-Z0-9_:]*)
-  | (?P<punct>[{}(),])
-  | (?P<op>=~|!~|!=|==|<=|>=|[-+*/%^<>=])
-  | (?P<space>\s+)
-""", re.VERBOSE)
-_AGGREGATIONS = {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count",
-                 "count_values", "bottomk", "topk", "quantile", "limitk", "limit_ratio"}
-_LABEL_LISTS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
-_KEYWORDS = {"and", "or", "unless", "bool", "atan2", "inf", "nan", "offset"}
-
-
-def _tokens(expr: str) -> list[tuple[str, str]]:
-    tokens, pos = [], 0
-    while pos < len(expr):
-        match = _TOKEN.match(expr, pos)
-        if match is None:
-            raise ValueError(f"cannot read PromQL at {expr[pos:pos + 20]!r} in {expr!r}")
-        if match.lastgroup != "space":
-            tokens.append((match.lastgroup, match.group()))
-        pos = match.end()
-    return tokens
-
-
-def selectors(expr: str) -> list[Selector]:
-    """The vector selectors of ``expr`` (template variables left in place), each with its
-    matchers, its range and its innermost enclosing function. Raises ValueError on what a
-    dashboard query should never contain (unbalanced brackets, a matcher without a value)."""
-    tokens = _tokens(expr)
-    found, calls, pending, i = [], [], None, 0
-    while i < len(tokens):
-        kind, text = tokens[i]
-        after = tokens[i + 1] if i + 1 < len(tokens) else ("", "")
-        if kind == "ident" and text in _LABEL_LISTS:
-            i += 1
-            if after == ("punct", "("):  # skip the label list
-                while i < len(tokens) and tokens[i] != ("punct", ")"):
-                    i += 1
-                i += 1
-            continue
-        if kind == "ident" and text.lower() in _KEYWORDS:
-            if text == "offset":
-                raise ValueError(f"offset is not used in dashboards: {expr!r}")
-            i += 1
-            continue
-        if kind == "ident" and (after == ("punct", "(") or text in _AGGREGATIONS):
-            pending = text
-            i += 1
-            continue
-        if (kind, text) == ("punct", "("):
-            calls.append(pending)
-            pending = None
-            i += 1
-            continue
-        if (kind, text) == ("punct", ")"):
-            if not calls:
-                raise ValueError(f"unbalanced ')' in {expr!r}")
-            calls.pop()
-            i += 1
-            continue
-        if kind == "ident" or (kind, text) == ("punct", "{"):
-            selector = Selector(name=text if kind == "ident" else None,
-                                function=calls[-1] if calls else None)
-            i += 1 if kind == "ident" else 0
-            if i < len(tokens) and tokens[i] == ("punct", "{"):
-                i += 1
-                while tokens[i] != ("punct", "}"):
-                    if tokens[i] == ("punct", ","):
-                        i += 1
-                        continue
-                    (k1, label), (k2, op), (k3, value) = tokens[i:i + 3]
-                    if k1 != "ident" or k2 != "op" or k3 != "string":
-                        raise ValueError(f"bad matcher near {label!r} in {expr!r}")
-                    selector.matchers[label] = (op, value[1:-1])
-                    i += 3
-                i += 1
-            if i < len(tokens) and tokens[i][0] == "range":
-                selector.range = tokens[i][1][1:-1].strip()
-                i += 1
-            found.append(selector)
-            continue
-        i += 1  # numbers, strings (function arguments), operators, commas
-    if calls:
-        raise ValueError(f"unbalanced '(' in {expr!r}")
-    return found
-
-
-_VARIABLE_QUERY = re.compile(r"^\s*(\w+)\((.*)\)\s*$", re.DOTALL)
-
-
-def variable_selectors(query: str) -> tuple[str, str, str | None]:
-    """``label_values(sel, label)`` -> (function, selector or query, label or None)."""
-    match = _VARIABLE_QUERY.match(query)
-    if match is None:
-        raise ValueError(f"variable query {query!r} is not function(...)")
-    function, args = match.groups()
-    if function == "label_values" and "," in args:
-        selector, label = args.rsplit(",", 1)
-        return function, selector.strip(), label.strip()
-    return function, args.strip(), None
 
 
 # -- the rules ------------------------------------------------------------------------------

@@ -100,9 +100,9 @@ def substitute(expr: str, variables: dict[str, str]) -> str:
 
 
 def panel_expressions(dashboard: dict, variables: dict[str, str] | None = None) -> list[Query]:
-    """Every query target of every panel, substituted with ``variables`` (missing names fall
-    back to :func:`default_variables`). Pass ``variables={}``-style overrides such as
-    ``{"model": "shapes", "__rate_interval": "1m"}``."""
+    """Every query target of every panel, substituted with ``variables``, e.g.
+    ``{"model": "shapes", "__rate_interval": "1m"}``; names not given take their
+    :func:`default_variables` value."""
     resolved = default_variables(dashboard) | (variables or {})
     queries = []
     for panel in iter_panels(dashboard):
