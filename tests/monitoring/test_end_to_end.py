@@ -1,0 +1,85 @@
+"""A real Prometheus scrapes a real Sightline server under a short load (classify, heatmaps, a
+bad request, a stream, a reload); then every dashboard panel expression and every recording
+rule must return data through Prometheus's HTTP API, and the dashboard preview draws them."""
+
+import time
+
+import grpc
+import pytest
+import yaml
+
+from monitoring.grafana.panels import default_variables, load_dashboards, panel_expressions
+from monitoring.grafana.preview import preview
+from serving.config import ServerConfig
+from serving.deploy import deploy
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
+from serving.server import create_server
+from tests.monitoring.conftest import RULES
+from tests.serving.conftest import classify_request, image_bytes
+
+SCRAPE_SECONDS = 1
+
+
+@pytest.fixture
+def loaded_system(deployable, tmp_path, start_prometheus):
+    models = tmp_path / "models"
+    deploy(deployable("gap"), models)
+    server = create_server(ServerConfig(
+        model_repository=str(models), host="127.0.0.1", poll_seconds=0.2, workers=2,
+        metrics_port=0, metrics_host="127.0.0.1", drift_min_samples=10), port=0)
+    server.start()
+    try:
+        prometheus = start_prometheus([f"127.0.0.1:{server.metrics_port}"],
+                                      sorted(RULES.glob("*.yml")))
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ImageClassifierStub(channel)
+            prometheus.wait_for('up{job="sightline"} == 1')
+            for second in range(8):  # load spread over several scrapes, so rates have two points
+                for i in range(6):
+                    stub.Classify(classify_request(image=image_bytes(second * 6 + i)), timeout=10)
+                stub.Classify(classify_request(explain=pb.ExplainRequest(png_overlay=True)),
+                              timeout=10)
+                with pytest.raises(grpc.RpcError):
+                    stub.Classify(pb.ClassifyRequest(image=b"not an image"), timeout=10)
+                list(stub.ClassifyStream(iter([classify_request(), classify_request()]),
+                                         timeout=10))
+                if second == 3:
+                    deploy(deployable("gap"), models)  # a reload mid-traffic
+                time.sleep(SCRAPE_SECONDS)
+            time.sleep(3 * SCRAPE_SECONDS)  # the last samples scraped, the rules evaluated
+            yield prometheus, server
+    finally:
+        server.stop(grace=1.0)
+
+
+def test_every_panel_and_recording_rule_returns_data_and_nothing_fires(loaded_system, tmp_path):
+    prometheus, server = loaded_system
+    assert server.manager.models() == {"gap": [2]}
+    empty = []
+    for name, dashboard in load_dashboards().items():
+        variables = default_variables(dashboard, step_s=SCRAPE_SECONDS,
+                                      scrape_interval_s=SCRAPE_SECONDS, range_s=60)
+        variables["__rate_interval"] = "30s"  # spans every scrape of the load
+        for query in panel_expressions(dashboard, variables):
+            if not prometheus.query(query.expr):
+                empty.append(f"{name}: {query.panel_title} [{query.ref_id}]: {query.expr}")
+    assert empty == [], "\n".join(empty)
+
+    rules = [rule for path in sorted(RULES.glob("*.yml"))
+             for group in yaml.safe_load(path.read_text())["groups"]
+             for rule in group["rules"] if "record" in rule]
+    assert len(rules) >= 10
+    missing = [rule["record"] for rule in rules if not prometheus.query(rule["record"])]
+    assert missing == [], missing
+
+    report = preview(prometheus.url, tmp_path / "previews", minutes=1,
+                     scrape_interval=SCRAPE_SECONDS, variables={"__rate_interval": "30s"})
+    for name, result in report["dashboards"].items():
+        assert result["errors"] == [], (name, result["errors"])
+        assert (tmp_path / "previews" / f"{name}.png").stat().st_size > 10_000
+
+    # Healthy traffic (one bad request in eight is the client's fault) fires no alert.
+    firing = [a["labels"]["alertname"] for a in prometheus.api("alerts")["alerts"]
+              if a["state"] == "firing"]
+    assert firing == []
