@@ -44,6 +44,7 @@ class ServerConfig:
     max_batch_size: int = 32
     max_queue_delay_ms: float = 2.0  # how long a lone request waits for company
     max_queue_size: int = 256  # queued requests beyond this are refused (RESOURCE_EXHAUSTED)
+    wait_when_idle: bool = False  # True: wait out the delay even when no batch is running
     workers: int = 0  # interpreter threads per version; 0: one per CPU core
     interpreter_threads: int = 1  # LiteRT threads per interpreter
 
@@ -66,7 +67,8 @@ class ServerConfig:
     tls_client_ca: str = ""  # set: mutual TLS, clients must present a certificate it signed
     auth_token_file: str = ""  # set: requests need "authorization: Bearer <token>"
 
-    # Metrics: Prometheus text on http://<metrics_host>:<metrics_port>/metrics; -1 turns it off.
+    # Metrics: Prometheus text on http://<metrics_host>:<metrics_port>/metrics; -1 turns metrics
+    # off entirely (nothing is counted).
     metrics_port: int = 8502
     metrics_host: str = "0.0.0.0"
     low_confidence: float = 0.5  # top-1 probability under this counts as a low-confidence answer

@@ -57,6 +57,7 @@ class BatchingConfig:
     max_queue_delay_s: float = 0.002
     max_queue_size: int = 256
     workers: int = 2  # LiteRT's invoke releases the GIL: one thread per core scales (ARCHITECTURE)
+    wait_when_idle: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ class Inference:
                     max_queue_size=self.batching.max_queue_size,
                     workers=self.batching.workers,
                     name=f"{servable.name}-v{servable.version}",
+                    wait_when_idle=self.batching.wait_when_idle,
                 )
                 batcher.on_batch = lambda kind, size: self.observer.batch(servable.name, size)
                 servable.resources["batcher"] = batcher

@@ -69,7 +69,7 @@ class Server:
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        if self.metrics is not None and self.config.metrics_port >= 0:
+        if self.metrics is not None:
             self._metrics_http, _ = start_http_server(
                 self.config.metrics_port, addr=self.config.metrics_host,
                 registry=self.metrics.registry)
@@ -123,8 +123,9 @@ def create_server(config: ServerConfig, port: int | None = None,
                   registry: CollectorRegistry | None = None) -> Server:
     """Load the models and build the server (not started). ``port`` 0 picks a free port;
     ``registry`` (default: a new one) receives the metrics."""
-    metrics = ServingMetrics(registry, low_confidence=config.low_confidence)
-    if registry is None:  # the process's own CPU, memory and GC, as prometheus-client reports
+    metrics = (ServingMetrics(registry, low_confidence=config.low_confidence)
+               if config.metrics_port >= 0 else None)
+    if metrics is not None and registry is None:  # the process's CPU, memory and GC
         ProcessCollector(registry=metrics.registry)
         GCCollector(registry=metrics.registry)
         PlatformCollector(registry=metrics.registry)
@@ -132,28 +133,31 @@ def create_server(config: ServerConfig, port: int | None = None,
         None,
         BatchingConfig(max_batch_size=config.max_batch_size,
                        max_queue_delay_s=config.max_queue_delay_ms / 1000,
-                       max_queue_size=config.max_queue_size, workers=config.worker_count),
+                       max_queue_size=config.max_queue_size, workers=config.worker_count,
+                       wait_when_idle=config.wait_when_idle),
         DecodeLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels),
         default_model=config.default_model, observer=metrics,
         drift=(config.drift_window, config.drift_min_samples))
     threads = config.interpreter_threads
     loader = inference.loader(lambda path: TFLiteModel(path, num_threads=threads))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    on_event = metrics.model_event if metrics is not None else None
     source = None
     if config.model_dir:
-        manager = ModelManager.from_directory(config.model_dir, loader=loader,
-                                              on_event=metrics.model_event)
+        manager = ModelManager.from_directory(config.model_dir, loader=loader, on_event=on_event)
     else:
-        manager = ModelManager(loader=loader, on_event=metrics.model_event)
+        manager = ModelManager(loader=loader, on_event=on_event)
         source = DirectorySource(config.model_repository, _policy(config),
                                  interval_seconds=config.poll_seconds)
     inference.manager = manager
-    metrics.watch(manager, drift_of=lambda name: _drift(manager, name))
+    if metrics is not None:
+        metrics.watch(manager, drift_of=lambda name: _drift(manager, name))
 
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.grpc_threads,
                                    thread_name_prefix="grpc"),
-        interceptors=[GrpcMetricsInterceptor(metrics), *_interceptors(config)],
+        interceptors=[*([GrpcMetricsInterceptor(metrics)] if metrics else []),
+                      *_interceptors(config)],
         options=_options(config),
         compression=COMPRESSION[config.compression],
         maximum_concurrent_rpcs=None,

@@ -59,6 +59,11 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
                     except ServingError as exc:
                         done.put((request, exc))
                         continue
+                    except Exception:  # a bug: answer this request, keep the stream going
+                        log.exception("ClassifyStream request failed")
+                        done.put((request, ServingError("internal", "internal error (logged "
+                                                                    "by the server)")))
+                        continue
                     pending.future.add_done_callback(
                         lambda _, r=request, p=pending: done.put((r, p)))
             except Exception:  # noqa: BLE001 - the client hung up mid-stream
@@ -83,7 +88,12 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             return _response(result, top_k, request.request_id or uuid.uuid4().hex)
         except ServingError as exc:
             return pb.ClassifyResponse(request_id=request.request_id, error=pb.Error(
-                code=status_of(exc).value[0], message=str(exc)))
+                code=_code(exc).value[0], message=str(exc)))
+        except Exception:  # a bug in finishing: answer this request, keep the stream going
+            log.exception("ClassifyStream request failed")
+            return pb.ClassifyResponse(request_id=request.request_id, error=pb.Error(
+                code=grpc.StatusCode.INTERNAL.value[0], message="internal error (logged by "
+                                                                 "the server)"))
         finally:
             window.release()
 
@@ -136,6 +146,11 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             deadline=deadline,
             # A stream's callbacks would pile up for its whole life; its requests run out.
             on_cancel=None if in_stream else context.add_callback)
+
+
+def _code(error: ServingError) -> grpc.StatusCode:
+    """The error's status; INTERNAL for the bare ServingError a bug is wrapped in."""
+    return grpc.StatusCode.INTERNAL if type(error) is ServingError else status_of(error)
 
 
 def _response(result: Result, top_k: int, request_id: str) -> pb.ClassifyResponse:

@@ -82,14 +82,30 @@ def test_fills_batches_up_to_max_batch_size(make, recorder):
     assert sizes == [("block", 1), ("c", 4), ("c", 4), ("c", 2)]
 
 
-def test_lone_job_runs_once_the_delay_has_passed(make, recorder):
+def test_lone_job_waits_the_delay_when_asked_to_wait_when_idle(make, recorder):
     delay = 0.02
-    batcher = make(max_batch_size=8, max_queue_delay_s=delay)
+    batcher = make(max_batch_size=8, max_queue_delay_s=delay, wait_when_idle=True)
     future = batcher.submit("c", None, target=7)
     assert future.result(WAIT) == ("c", 7)
     [(_, [job])] = recorder.batches
     assert future.job is job
     assert job.started - job.enqueued >= delay
+
+
+def test_on_an_idle_batcher_a_lone_job_runs_at_once(make, recorder):
+    batcher = make(max_batch_size=8, max_queue_delay_s=5.0)  # would time the test out
+    assert batcher.submit("c", None, target=1).result(WAIT) == ("c", 1)
+    [(_, [job])] = recorder.batches
+    assert job.started - job.enqueued < 1.0
+
+
+def test_jobs_arriving_while_a_batch_runs_wait_for_company(make, recorder):
+    batcher = make(max_batch_size=8, max_queue_delay_s=5.0)
+    hold_worker(batcher, recorder)
+    futures = [batcher.submit("c", None, target=i) for i in range(3)]
+    recorder.release.set()  # the running batch ends: nothing runs now, so the three go together
+    assert [f.result(WAIT) for f in futures] == [("c", i) for i in range(3)]
+    assert [len(jobs) for _, jobs in recorder.batches][-1] == 3
 
 
 def test_kinds_never_mix_and_go_first_job_first(make, recorder):

@@ -97,7 +97,7 @@ def test_a_tampered_version_is_rejected_and_the_old_one_keeps_serving(server, st
 
 def test_queue_full_is_refused_at_once(repository, start_server):
     server = start_server(repository, max_queue_size=2, max_queue_delay_ms=1500.0,
-                          max_batch_size=32, workers=1)
+                          max_batch_size=32, workers=1, wait_when_idle=True)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ImageClassifierStub(channel)
         waiting = [stub.Classify.future(classify_request(), timeout=20) for _ in range(2)]
@@ -110,7 +110,7 @@ def test_queue_full_is_refused_at_once(repository, start_server):
 
 
 def test_an_expired_request_is_never_run(repository, start_server):
-    server = start_server(repository, max_queue_delay_ms=800.0, workers=1)
+    server = start_server(repository, max_queue_delay_ms=800.0, workers=1, wait_when_idle=True)
     batches = []
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ImageClassifierStub(channel)
@@ -130,6 +130,7 @@ def test_sigterm_finishes_in_flight_requests(deployable, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-dir", str(deployable("gap")),
          "--host", "127.0.0.1", "--port", str(port), "--max-queue-delay-ms", "300",
+         "--wait-when-idle", "true",
          "--grace-seconds", "10", "--metrics-port", "0"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:

@@ -133,3 +133,24 @@ def test_compressed_requests_and_responses(repository, start_server):
 
         response = pb_grpc.ImageClassifierStub(channel).Classify(classify_request(), timeout=10)
         assert len(response.classes) == 5
+
+
+def test_a_bug_in_one_stream_request_answers_internal_and_the_stream_goes_on(server, stub):
+    submit = server.inference.submit
+
+    def broken(**request):
+        if request.get("image") == b"boom":
+            raise RuntimeError("a bug")
+        return submit(**request)
+
+    server.inference.submit = broken
+    requests = [classify_request(request_id="a"), pb.ClassifyRequest(image=b"boom",
+                                                                     request_id="b"),
+                classify_request(request_id="c")]
+    responses = {r.request_id: r for r in stub.ClassifyStream(iter(requests), timeout=10)}
+    assert responses["b"].error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "internal error" in responses["b"].error.message
+    assert responses["a"].classes and responses["c"].classes
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Classify(pb.ClassifyRequest(image=b"boom"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL

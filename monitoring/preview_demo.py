@@ -1,0 +1,141 @@
+"""Dashboard pictures from a real run: a Sightline server and a Prometheus on loopback, a few
+minutes of mixed traffic, then ``preview`` draws every dashboard (``make monitor-demo``).
+
+Traffic: classify requests on the artifact's own validation images, some with heatmaps, a few
+bad requests, one streamed batch per second, a hot reload half-way through, and in the last
+third the images darkened, so the drift panels have something to show.
+
+    .venv/bin/python monitoring/preview_demo.py ARTIFACT --seconds 180 --out docs/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import yaml
+from PIL import Image
+
+from monitoring.grafana.preview import preview
+from serving.config import ServerConfig
+from serving.deploy import deploy
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
+from serving.server import create_server
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRAPE = 2  # seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def validation_images(artifact: Path, n: int = 64) -> list[np.ndarray]:
+    from training.config import load_config  # the demo may use TensorFlow-free training code
+    from training.data import load_dataset
+
+    config = load_config(artifact / "config.yaml")
+    return list(load_dataset(config.data, config.seed).val_images[:n])
+
+
+def run(artifact: Path, seconds: float, out: Path) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="sightline-monitor-demo-"))
+    models = work / "models"
+    deploy(artifact, models)
+    server = create_server(ServerConfig(
+        model_repository=str(models), host="127.0.0.1", metrics_host="127.0.0.1",
+        metrics_port=0, poll_seconds=1.0, drift_min_samples=200), port=0)
+    server.start()
+    config = {"global": {"scrape_interval": f"{SCRAPE}s", "evaluation_interval": f"{SCRAPE}s"},
+              "rule_files": [str(p) for p in sorted((ROOT / "monitoring/prometheus/rules")
+                                                    .glob("*.yml"))],
+              "scrape_configs": [{"job_name": "sightline", "static_configs": [
+                  {"targets": [f"127.0.0.1:{server.metrics_port}"]}]}]}
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    prometheus = subprocess.Popen(
+        ["prometheus", f"--config.file={work / 'prometheus.yml'}",
+         f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+         "--log.level=warn"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url)
+        images = validation_images(artifact)
+        _traffic(server.port, images, seconds, lambda: deploy(artifact, models))
+        time.sleep(3 * SCRAPE)
+        return preview(url, out, minutes=seconds / 60 + 0.5, scrape_interval=SCRAPE)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=10)
+        server.stop(grace=2.0)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_ready(url: str) -> None:
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/-/ready", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("prometheus did not start")
+
+
+def _traffic(port: int, images: list[np.ndarray], seconds: float, reload) -> None:
+    rng = np.random.default_rng(0)
+    normal = [png(image) for image in images]
+    dark = [png((image * 0.35).astype(np.uint8)) for image in images]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.ImageClassifierStub(channel)
+        started, reloaded = time.monotonic(), False
+        while (elapsed := time.monotonic() - started) < seconds:
+            pool = dark if elapsed > 2 * seconds / 3 else normal
+            for _ in range(20):
+                request = pb.ClassifyRequest(image=pool[rng.integers(len(pool))])
+                if rng.random() < 0.1:
+                    request.explain.png_overlay = True
+                stub.Classify(request, timeout=10)
+            try:
+                stub.Classify(pb.ClassifyRequest(image=b"not an image"), timeout=10)
+            except grpc.RpcError:
+                pass
+            batch = [pb.ClassifyRequest(image=pool[i % len(pool)]) for i in range(8)]
+            list(stub.ClassifyStream(iter(batch), timeout=10))
+            if not reloaded and elapsed > seconds / 2:
+                reload()
+                reloaded = True
+            time.sleep(0.25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--seconds", type=float, default=180)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/dashboards"))
+    args = parser.parse_args()
+    report = run(args.artifact, args.seconds, args.out)
+    for name, result in report["dashboards"].items():
+        print(f"{name}: {result['png']} ({len(result['empty_panels'])} empty panels: "
+              f"{result['empty_panels']})")
+
+
+if __name__ == "__main__":
+    main()
