@@ -15,7 +15,6 @@ Every failure leaves as a ``serving.errors.ServingError``.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -101,7 +100,8 @@ class Result:
 
 @dataclass
 class Pending:
-    """A submitted request: what ``finish`` needs, and the hold on its servable."""
+    """A submitted request: what ``finish`` needs. It holds its servable (acquired in
+    ``submit``, released in ``finish``), so a reload cannot unload it in between."""
 
     servable: Servable
     pixels: np.ndarray
@@ -109,7 +109,6 @@ class Pending:
     top_k: int
     deadline: float | None
     future: Future
-    hold: contextlib.ExitStack
     timing: Timing
     started: float
     input_bytes: int | None = None  # encoded size, for metrics
@@ -152,10 +151,10 @@ class Inference:
         time.monotonic() seconds; ``on_cancel(callback)`` registers what to call if the client
         goes away. Streams submit many before finishing any, so batches fill."""
         started = time.perf_counter()
-        hold = contextlib.ExitStack()
         self.observer.request_started()
+        servable = None
         try:
-            servable = self._hold(hold, name, version, label)
+            servable = self._acquire(name, version, label)
             card = servable.card
             top_k = self._top_k(top_k, card.num_classes)
             if explain is not None:
@@ -165,14 +164,15 @@ class Inference:
             decoded = time.perf_counter()
             future = self._submit(servable, pixels, explain, deadline)
         except BaseException as exc:
-            hold.close()
+            if servable is not None:
+                servable.release()
             self.observer.request_ended()
             if isinstance(exc, ServingError):
                 self.observer.rejected_request(exc.reason, type(exc).__name__)
             raise
         if on_cancel is not None:
             on_cancel(future.cancel)
-        return Pending(servable, pixels, explain, top_k, deadline, future, hold,
+        return Pending(servable, pixels, explain, top_k, deadline, future,
                        Timing(decode_seconds=decoded - started), started,
                        None if image is None else len(image), input_pixels)
 
@@ -180,12 +180,12 @@ class Inference:
         """Wait for a submitted request (up to its deadline), render its heatmap, release the
         servable."""
         try:
-            with pending.hold:
-                result = self._finish(pending)
+            result = self._finish(pending)
         except ServingError as exc:
             self.observer.rejected_request(exc.reason, type(exc).__name__)
             raise
         finally:
+            pending.servable.release()
             self.observer.request_ended()
         self.observer.request_done(pending.servable, result, pending.pixels,
                                    pending.input_bytes, pending.input_pixels)
@@ -229,10 +229,10 @@ class Inference:
                 servable.on_unload.append(lambda: batcher.close(drain=True))
         return batcher
 
-    def _hold(self, stack: contextlib.ExitStack, name: str, version, label) -> Servable:
+    def _acquire(self, name: str, version, label) -> Servable:
         name = name or self.default_model()
         try:
-            return stack.enter_context(self.manager.handle(name, version, label))
+            return self.manager.acquire(name, version, label)
         except ModelNotFound as exc:
             raise UnknownModel("unknown_model", str(exc)) from None
 

@@ -7,6 +7,7 @@ request gets an error response of its own and the stream goes on.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -71,14 +72,24 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             done.put((None, count))  # end of input: how many responses are owed in all
 
         threading.Thread(target=read, name="stream-reader", daemon=True).start()
-        sent, owed = 0, None
-        while owed is None or sent < owed:
-            request, item = done.get()
-            if request is None:
-                owed = item
-                continue
-            yield self._stream_response(request, item, window)
-            sent += 1
+        answered = [0, None]  # responses built, responses owed (known once the input ended)
+
+        def answers():
+            while answered[1] is None or answered[0] < answered[1]:
+                request, item = done.get()
+                if request is None:
+                    answered[1] = item
+                    continue
+                answered[0] += 1
+                yield self._stream_response(request, item, window)
+
+        pending = answers()
+        try:
+            for response in pending:  # noqa: UP028 - `yield from` would close `pending` with us
+                yield response
+        finally:  # the client left early: finish what is still in flight, so holds are released
+            threading.Thread(target=collections.deque, args=(pending, 0), daemon=True,
+                             name="stream-drain").start()
 
     def _stream_response(self, request, item, window) -> pb.ClassifyResponse:
         try:

@@ -112,17 +112,22 @@ class ModelManager:
     def handle(self, name: str, version: int | None = None,
                label: str | None = None) -> Iterator[Servable]:
         """Hold a servable for one request: it is not unloaded until the block exits."""
-        for _ in range(_ACQUIRE_ATTEMPTS):
-            servable = self.get(name, version, label)
-            if servable.acquire():
-                break
-        else:
-            raise ModelNotFound(f"model {name!r} was swapped out {_ACQUIRE_ATTEMPTS} times in a "
-                                "row while being acquired")
+        servable = self.acquire(name, version, label)
         try:
             yield servable
         finally:
             servable.release()
+
+    def acquire(self, name: str, version: int | None = None,
+                label: str | None = None) -> Servable:
+        """``handle`` without the context manager, for a request that is held across calls
+        (the server's submit, then finish): the caller must ``release()`` it exactly once."""
+        for _ in range(_ACQUIRE_ATTEMPTS):
+            servable = self.get(name, version, label)
+            if servable.acquire():
+                return servable
+        raise ModelNotFound(f"model {name!r} was swapped out {_ACQUIRE_ATTEMPTS} times in a "
+                            "row while being acquired")
 
     def ready(self, name: str | None = None) -> bool:
         """Whether ``name`` (or, with no name, any model) has a version being served."""

@@ -154,3 +154,26 @@ def test_a_bug_in_one_stream_request_answers_internal_and_the_stream_goes_on(ser
     with pytest.raises(grpc.RpcError) as caught:
         stub.Classify(pb.ClassifyRequest(image=b"boom"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INTERNAL
+
+
+def test_a_stream_cancelled_midway_releases_everything_it_held(repository, start_server):
+    import time
+
+    from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
+
+    # Batches wait 300 ms for company, so requests are still queued when the client leaves.
+    server = start_server(repository, max_queue_delay_ms=300.0, wait_when_idle=True,
+                          max_batch_size=16, workers=1)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    requests = (classify_request(image=image_bytes(i), request_id=str(i)) for i in range(200))
+    call = pb_grpc.ImageClassifierStub(channel).ClassifyStream(requests, timeout=30)
+    next(call)
+    servable = server.manager.get(MODEL)
+    assert servable.holders > 0  # the next batches are queued
+    call.cancel()
+    channel.close()
+    end = time.monotonic() + 10
+    while servable.holders and time.monotonic() < end:
+        time.sleep(0.05)
+    assert servable.holders == 0
+    assert server.metrics.in_flight._value.get() == 0
