@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -102,6 +103,7 @@ class ServingMetrics:
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
         self.known_models: set[str] = set()  # every model the repository tried to load
+        self._per_model: dict[str, SimpleNamespace] = {}
 
     # -- the Inference observer -----------------------------------------------------------
 
@@ -113,26 +115,41 @@ class ServingMetrics:
 
     def request_done(self, servable, result, pixels: np.ndarray, input_bytes: int | None,
                      input_pixels: int | None) -> None:
-        model, labels = servable.name, servable.card.labels
+        m = self._children(servable.name)
         t = result.timing
-        for stage, seconds in (("decode", t.decode_seconds), ("queue", t.queue_seconds),
-                               ("inference", t.inference_seconds), ("total", t.total_seconds)):
-            self.stage_seconds.labels(model, stage).observe(seconds)
+        m.decode.observe(t.decode_seconds)
+        m.queue.observe(t.queue_seconds)
+        m.inference.observe(t.inference_seconds)
+        m.total.observe(t.total_seconds)
         if result.heatmap is not None:
-            self.stage_seconds.labels(model, "explain").observe(t.explain_seconds)
+            m.explain.observe(t.explain_seconds)
         top = int(result.probabilities.argmax())
         confidence = float(result.probabilities[top])
-        self.predictions.labels(model, labels[top]).inc()
-        self.confidence.labels(model).observe(confidence)
+        self.predictions.labels(servable.name, servable.card.labels[top]).inc()
+        m.confidence.observe(confidence)
         if confidence < self.low_confidence:
-            self.low_confidence_total.labels(model).inc()
+            m.low_confidence.inc()
         if input_bytes is not None:
-            self.input_bytes.labels(model).observe(input_bytes)
+            m.input_bytes.observe(input_bytes)
         if input_pixels is not None:
-            self.input_pixels.labels(model).observe(input_pixels)
+            m.input_pixels.observe(input_pixels)
         drift = servable.resources.get("drift")
         if drift is not None:
             drift.observe(top, confidence, float(brightness(pixels[None])[0]))
+
+    def _children(self, model: str) -> SimpleNamespace:
+        """The labelled metrics of one model, looked up once (``labels()`` costs ~1 us each)."""
+        children = self._per_model.get(model)
+        if children is None:
+            stage = {name: self.stage_seconds.labels(model, name) for name in STAGES}
+            children = SimpleNamespace(
+                **stage, confidence=self.confidence.labels(model),
+                low_confidence=self.low_confidence_total.labels(model),
+                input_bytes=self.input_bytes.labels(model),
+                input_pixels=self.input_pixels.labels(model),
+                batch_size=self.batch_size.labels(model))
+            self._per_model[model] = children
+        return children
 
     def rejected_request(self, reason: str, error_type: str) -> None:
         """``reason``: the ServingError's reason; ``error_type``: its class name."""
@@ -147,7 +164,7 @@ class ServingMetrics:
             self.rejected.labels("unknown_model").inc()
 
     def batch(self, model: str, size: int) -> None:
-        self.batch_size.labels(model).observe(size)
+        self._children(model).batch_size.observe(size)
 
     # -- the model manager's on_event hook ------------------------------------------------
 
@@ -225,6 +242,7 @@ class GrpcMetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: ServingMetrics):
         self.m = metrics
+        self._methods: dict[tuple[str, str, str], SimpleNamespace] = {}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -244,49 +262,68 @@ class GrpcMetricsInterceptor(grpc.ServerInterceptor):
         return factory(wrap(behavior, labels), handler.request_deserializer,
                        handler.response_serializer)
 
-    def _finish(self, labels, context, started, code=None):
+    def _method(self, labels: tuple[str, str, str]) -> SimpleNamespace:
+        """One method's labelled metrics, made once (there are a handful of methods)."""
+        method = self._methods.get(labels)
+        if method is None:
+            method = SimpleNamespace(
+                started=self.m.grpc_started.labels(*labels),
+                seconds=self.m.grpc_seconds.labels(*labels),
+                received=self.m.grpc_received.labels(*labels),
+                sent=self.m.grpc_sent.labels(*labels), handled={})
+            self._methods[labels] = method
+        return method
+
+    def _finish(self, labels, method, context, started, code=None):
         code = code or context.code() or grpc.StatusCode.OK
-        self.m.grpc_handled.labels(*labels, code.name).inc()
-        self.m.grpc_seconds.labels(*labels).observe(time.perf_counter() - started)
+        handled = method.handled.get(code)
+        if handled is None:
+            handled = method.handled[code] = self.m.grpc_handled.labels(*labels, code.name)
+        handled.inc()
+        method.seconds.observe(time.perf_counter() - started)
 
     def _unary(self, behavior, labels):
+        method = self._method(labels)
+
         def wrapped(request, context):
             started = time.perf_counter()
-            self.m.grpc_started.labels(*labels).inc()
-            self.m.grpc_received.labels(*labels).inc()
+            method.started.inc()
+            method.received.inc()
             try:
                 response = behavior(request, context)
             except BaseException:
-                self._finish(labels, context, started, context.code() or grpc.StatusCode.UNKNOWN)
+                self._finish(labels, method, context, started,
+                             context.code() or grpc.StatusCode.UNKNOWN)
                 raise
-            self.m.grpc_sent.labels(*labels).inc()
-            self._finish(labels, context, started)
+            method.sent.inc()
+            self._finish(labels, method, context, started)
             return response
 
         return wrapped
 
     def _streaming(self, behavior, labels):
+        method = self._method(labels)
+
         def wrapped(request_iterator, context):
             started = time.perf_counter()
-            self.m.grpc_started.labels(*labels).inc()
-            received = self.m.grpc_received.labels(*labels)
-            sent = self.m.grpc_sent.labels(*labels)
+            method.started.inc()
 
             def counted():
                 for request in request_iterator:
-                    received.inc()
+                    method.received.inc()
                     yield request
 
             try:
                 for response in behavior(counted(), context):
-                    sent.inc()
+                    method.sent.inc()
                     yield response
             except GeneratorExit:  # the client went away mid-stream
-                self._finish(labels, context, started, grpc.StatusCode.CANCELLED)
+                self._finish(labels, method, context, started, grpc.StatusCode.CANCELLED)
                 raise
             except BaseException:
-                self._finish(labels, context, started, context.code() or grpc.StatusCode.UNKNOWN)
+                self._finish(labels, method, context, started,
+                             context.code() or grpc.StatusCode.UNKNOWN)
                 raise
-            self._finish(labels, context, started)
+            self._finish(labels, method, context, started)
 
         return wrapped
