@@ -5,7 +5,7 @@ Traffic: classify requests on the artifact's own validation images, some with he
 bad requests, one streamed batch per second, a hot reload half-way through, and in the last
 third the images darkened, so the drift panels have something to show.
 
-    .venv/bin/python monitoring/preview_demo.py ARTIFACT --seconds 180 --out docs/images
+    .venv/bin/python -m monitoring.preview_demo ARTIFACT --seconds 180 --out docs/images
 """
 
 from __future__ import annotations
