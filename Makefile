@@ -129,9 +129,14 @@ bench-quantize: install
 	$(BIN)/python benchmarks/bench_quantize.py $(ARTIFACT)
 	$(BIN)/python benchmarks/cam_parity.py $(ARTIFACT)
 
-# The server under load from separate processes, against the raw interpreter (issue 4).
+# The server under load from separate processes, against the raw interpreter: the main model is
+# the newest CIFAR-10 artifact (make bench-train quantize ARTIFACT=...), the small one $(ARTIFACT).
+BENCH_MODEL ?= $(lastword $(sort $(wildcard artifacts/cifar10-fast-2*)))
 bench-server: install
-	$(BIN)/python benchmarks/bench_server.py --model $(ARTIFACT)
+	@test -n "$(BENCH_MODEL)" || { echo "bench-server: no CIFAR-10 artifact: make bench-train,"\
+	    "then make quantize ARTIFACT=artifacts/cifar10-fast-..., or set BENCH_MODEL"; exit 2; }
+	$(BIN)/python benchmarks/bench_server.py --model $(BENCH_MODEL) --small-model $(ARTIFACT)
+	$(BIN)/python benchmarks/bench_metrics.py --model $(BENCH_MODEL)
 
 bench: bench-quantize bench-server
 

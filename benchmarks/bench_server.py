@@ -1,7 +1,11 @@
 """The real server under load: throughput, client-side latency and server CPU per request, set
 against the raw LiteRT interpreter and a bare-grpcio echo server measured in the same run.
 
-    .venv/bin/python benchmarks/bench_server.py --model ARTIFACT --small-model ARTIFACT [--quick]
+    .venv/bin/python benchmarks/bench_server.py --model ARTIFACT [--small-model ARTIFACT] [--quick]
+
+``--model`` (and ``--small-model``) must be quantized artifacts (a ``model.tflite``). Without
+``--small-model`` the small-model cells are skipped and the "beyond inference" figures are
+reported as not measured (``make bench-server`` runs it so); everything else is measured.
 
 Setup. The server runs as ``python -m serving`` in its own process, so its CPU (utime + stime of
 all its threads, /proc/<pid>/stat) and RSS (/proc/<pid>/status) are its own. The load comes from
@@ -19,9 +23,11 @@ Measured, in order:
    x {classify, heatmap} x concurrency, each ``--warmup`` s of load and then ``--seconds`` s
    measured, with RSS sampled throughout;
 3. ``--model`` again with ``--max-queue-delay-ms 0`` ("model-d0"), concurrency 1 only: the
-   same latency figures without the batcher's wait for company, which a lone request always
-   sits out in full;
-4. ``--small-model`` served (classify only), for the server's cost beyond inference;
+   same latency figures with no batching window at all (by default the batcher already runs a
+   lone request at once when no batch is running; ``--server-args '--wait-when-idle true'``
+   restores the classic wait, which a lone request then sits out in full);
+4. ``--small-model`` served (classify only), for the server's cost beyond inference (skipped,
+   and its figures reported as not measured, without ``--small-model``);
 5. the echo server (``loadgen.py --serve-echo``: handlers returning 16 bytes), the same bytes
    sent: what gRPC itself costs per request on this machine.
 
@@ -394,7 +400,10 @@ def judge(name: str, value: float | None, note: str = "") -> dict:
     return {"value": value, "target": f"{op} {limit:g}{unit}", "met": met, "note": note}
 
 
-def derive(cells: list[dict], raw: dict, small_raw: dict, servers: dict) -> dict:
+NO_SMALL_MODEL = "not measured: no --small-model given"
+
+
+def derive(cells: list[dict], raw: dict, small_raw: dict | None, servers: dict) -> dict:
     def find(target, mode, heatmap, concurrency):
         return next((c for c in cells if (c["target"], c["mode"], c["heatmap"],
                                           c["concurrency"]) == (target, mode, heatmap,
@@ -432,8 +441,12 @@ def derive(cells: list[dict], raw: dict, small_raw: dict, servers: dict) -> dict
                                                m and m.get("cpu_efficiency"))
         s = max((c for c in cells if c["target"] == "small" and c["mode"] == mode),
                 key=lambda c: c["concurrency"], default=None)
+        echo = s and find("echo", mode, False, s["concurrency"])
+        note = (NO_SMALL_MODEL if small_raw is None else
+                f"small c={s['concurrency']}; bare grpcio echo "
+                f"{echo['server_cpu_us_per_request']:.0f} us/request" if s and echo else "")
         head[f"beyond_inference_{mode}_us"] = judge(f"beyond_inference_{mode}_us",
-                                                    s and s.get("beyond_inference_us"))
+                                                    s and s.get("beyond_inference_us"), note)
     for target, suffix, note in (("model", "", "as configured (queue delay 2 ms by default)"),
                                  ("model-d0", " (delay 0)", "--max-queue-delay-ms 0")):
         for mode in ("unary", "stream"):
@@ -451,7 +464,9 @@ def derive(cells: list[dict], raw: dict, small_raw: dict, servers: dict) -> dict
     rss = max(servers["model"]["max_sampled_rss_mb"], servers["model"]["vm_hwm_mb"])
     head["server_rss_mb"] = judge("server_rss_mb", rss)
     head["cold_start_s"] = judge("cold_start_s", servers["model"]["cold_start_s"])
-    head["cold_start_s small"] = judge("cold_start_s", servers["small"]["cold_start_s"])
+    head["cold_start_s small"] = judge(
+        "cold_start_s", servers["small"]["cold_start_s"] if "small" in servers else None,
+        "" if "small" in servers else NO_SMALL_MODEL)
     return derived
 
 
@@ -509,6 +524,9 @@ def plot(cells: list[dict], raw: dict, path: Path) -> None:
                 ax_small.plot([c["concurrency"] for c in rows], [c.get(key) for c in rows],
                               marker=marker, ls="-" if mode == "unary" else "--",
                               label=f"{'small model, beyond inference' if target == 'small' else 'bare grpcio echo'} {mode}")  # noqa: E501
+    if not any(c["target"] == "small" for c in cells):
+        ax_small.text(0.5, 0.5, "no --small-model:\nbeyond inference not measured",
+                      transform=ax_small.transAxes, ha="center", va="center", color="C3")
     ax_small.axhline(300, color="C3", lw=0.8, label="target unary 300 us")
     ax_small.axhline(120, color="C3", lw=0.8, ls="--", label="target stream 120 us")
     titles = (("requests / s (model)", ax_rps), ("client latency, ms (model)", ax_lat),
@@ -549,8 +567,9 @@ def git_state() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="artifact: the main model")
-    parser.add_argument("--small-model", type=Path, required=True,
-                        help="artifact: a small model (shapes), for the cost beyond inference")
+    parser.add_argument("--small-model", type=Path,
+                        help="artifact: a small model (shapes), for the cost beyond inference; "
+                             "without it those cells are skipped and reported as not measured")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench-server")
     parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run")
     parser.add_argument("--seconds", type=float, help="measured seconds per cell (default 5)")
@@ -562,6 +581,10 @@ def main() -> None:
     args = parser.parse_args()
     args.seconds = args.seconds or (1.0 if args.quick else 5.0)
     args.warmup = args.warmup or (0.5 if args.quick else 1.0)
+    for path in (args.model, args.small_model):
+        if path is not None and not (path / "model.tflite").is_file():
+            parser.error(f"{path} has no model.tflite: quantize it first (make quantize "
+                         f"ARTIFACT={path}), or pass a quantized artifact")
     args.out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     load_before = os.getloadavg()
@@ -572,7 +595,8 @@ def main() -> None:
     cells = {"model": [Cell("model", m, h, c) for m in modes for h in (False, True)
                        for c in concurrency],
              "model-d0": [Cell("model-d0", m, h, 1) for m in modes for h in (False, True)],
-             "small": [Cell("small", m, False, c) for m in modes for c in small_concurrency],
+             "small": ([Cell("small", m, False, c) for m in modes for c in small_concurrency]
+                       if args.small_model else []),
              "echo": [Cell("echo", m, False, c) for m in modes for c in small_concurrency]}
     server_extra = shlex.split(args.server_args)
     if "--metrics-port" not in server_extra:
@@ -582,11 +606,12 @@ def main() -> None:
     sizes = sorted({*(2 ** i for i in range(max_batch.bit_length()) if 2 ** i <= max_batch),
                     max_batch})
 
-    inputs = {name: model_inputs(path, args.format)
-              for name, path in (("model", args.model), ("small", args.small_model))}
+    artifacts = {"model": args.model, "small": args.small_model}
+    artifacts = {name: path for name, path in artifacts.items() if path is not None}
+    inputs = {name: model_inputs(path, args.format) for name, path in artifacts.items()}
     rounds = 10 if args.quick else 40
     raw = {name: measure_raw(path / "model.tflite", inputs[name][1], sizes, rounds)
-           for name, path in (("model", args.model), ("small", args.small_model))}
+           for name, path in artifacts.items()}
 
     def serve(path: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "serving", "--model-dir", str(path),
@@ -594,12 +619,14 @@ def main() -> None:
 
     echo = [sys.executable, str(LOADGEN), "--serve-echo"]
     model_requests = serialized_requests(inputs["model"][0])
-    plan = (("model", serve(args.model), True, "sightline", model_requests),
+    # The echo server gets the small model's bytes (the model's without one): same 32x32 size.
+    small_requests = serialized_requests(inputs["small"][0]) if "small" in inputs else None
+    plan = [("model", serve(args.model), True, "sightline", model_requests),
             ("model-d0", serve(args.model, "--max-queue-delay-ms", "0"), True, "sightline",
-             model_requests),
-            ("small", serve(args.small_model), True, "sightline",
-             serialized_requests(inputs["small"][0])),
-            ("echo", echo, False, "echo", serialized_requests(inputs["small"][0])))
+             model_requests)]
+    if args.small_model:
+        plan.append(("small", serve(args.small_model), True, "sightline", small_requests))
+    plan.append(("echo", echo, False, "echo", small_requests or model_requests))
     results, servers = [], {}
     with tempfile.TemporaryDirectory() as workdir, \
             tqdm(total=sum(map(len, cells.values())), desc="cells", unit="cell") as bar:
@@ -608,10 +635,11 @@ def main() -> None:
                                              args, bar, Path(workdir))
             results.extend(rows)
 
-    derived = derive(results, raw["model"], raw["small"], servers)
+    derived = derive(results, raw["model"], raw.get("small"), servers)
     runtime = time.monotonic() - began
     report = {
-        "out": str(args.out), "model": str(args.model), "small_model": str(args.small_model),
+        "out": str(args.out), "model": str(args.model),
+        "small_model": str(args.small_model) if args.small_model else None,
         "quick": args.quick,
         "seconds_per_cell": args.seconds, "warmup_per_cell": args.warmup,
         "clients": args.clients, "image_format": args.format,
@@ -646,7 +674,11 @@ def print_report(report: dict) -> None:
     for name, j in report["derived"]["headline"].items():
         verdict = {True: "met", False: "MISSED", None: "not measured"}[j["met"]]
         value = "-" if j["value"] is None else f"{j['value']:.3g}"
-        print(f"  {name:42} {value:>8}  target {j['target']:10} {verdict}")
+        note = f"  ({j['note']})" if j.get("note") else ""
+        print(f"  {name:42} {value:>8}  target {j['target']:10} {verdict}{note}")
+    if report["small_model"] is None:
+        print("\nno --small-model: the small-model cells were skipped, so the beyond-inference "
+              "figures were NOT measured (the echo baseline was).")
     print(f"\nruntime {report['runtime_s']:.0f} s; wrote bench-server.json, bench-server.png, "
           f"server and loadgen logs to {report['out']}")
 

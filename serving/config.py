@@ -74,6 +74,8 @@ class ServerConfig:
     low_confidence: float = 0.5  # top-1 probability under this counts as a low-confidence answer
     drift_window: int = 1000  # requests per model in the sliding drift window
     drift_min_samples: int = 500  # below this, drift reads 0 (sampling noise is ~0.1 PSI at 100)
+    drift_warn: float = 0.1  # PSI / KS levels, exported as sightline_drift_threshold{level}:
+    drift_alert: float = 0.2  # the dashboards and the SightlineDataDrift alert read them
 
     log_format: str = "text"  # text | json
     log_level: str = "INFO"

@@ -36,10 +36,15 @@ REJECTION_REASONS = ("queue_full", "deadline", "cancelled", "not_ready", "closin
 
 class ServingMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *,
-                 low_confidence: float = 0.5):
+                 low_confidence: float = 0.5, drift_warn: float = 0.1, drift_alert: float = 0.2):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.low_confidence = low_confidence
         r = self.registry
+        threshold = Gauge("sightline_drift_threshold", "Drift (PSI or KS) above this is a "
+                          "warning or an alert, as the server is configured.", ["level"],
+                          registry=r)
+        threshold.labels("warn").set(drift_warn)
+        threshold.labels("alert").set(drift_alert)
         self.grpc_started = Counter(
             "grpc_server_started_total", "RPCs started on the server.",
             ["grpc_type", "grpc_service", "grpc_method"], registry=r)

@@ -123,7 +123,8 @@ def create_server(config: ServerConfig, port: int | None = None,
                   registry: CollectorRegistry | None = None) -> Server:
     """Load the models and build the server (not started). ``port`` 0 picks a free port;
     ``registry`` (default: a new one) receives the metrics."""
-    metrics = (ServingMetrics(registry, low_confidence=config.low_confidence)
+    metrics = (ServingMetrics(registry, low_confidence=config.low_confidence,
+                              drift_warn=config.drift_warn, drift_alert=config.drift_alert)
                if config.metrics_port >= 0 else None)
     if metrics is not None and registry is None:  # the process's CPU, memory and GC
         ProcessCollector(registry=metrics.registry)

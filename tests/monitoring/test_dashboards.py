@@ -261,6 +261,7 @@ def _fake_exporter(stop: threading.Event):
         "psi": Gauge("sightline_drift_psi", "", ["model", "signal"], registry=r),
         "ks": Gauge("sightline_drift_ks", "", ["model", "signal"], registry=r),
         "window": Gauge("sightline_drift_window_size", "", ["model"], registry=r),
+        "threshold": Gauge("sightline_drift_threshold", "", ["level"], registry=r),
     }
     models = {"shapes": ["circle", "square", "triangle"], "cifar10": ["cat", "dog", "ship"]}
     for model in models:
@@ -273,6 +274,7 @@ def _fake_exporter(stop: threading.Event):
             m["psi"].labels(model, signal).set(value)
         m["ks"].labels(model, "confidence").set(0.25)
         m["window"].labels(model).set(500)
+        m["threshold"].labels("alert").set(0.2)
     rng = random.Random(0)
 
     def tick():
