@@ -400,7 +400,7 @@ def judge(name: str, value: float | None, note: str = "") -> dict:
     return {"value": value, "target": f"{op} {limit:g}{unit}", "met": met, "note": note}
 
 
-NO_SMALL_MODEL = "not measured: no --small-model given"
+NO_SMALL_MODEL = "no --small-model given"
 
 
 def derive(cells: list[dict], raw: dict, small_raw: dict | None, servers: dict) -> dict:

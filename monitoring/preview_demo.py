@@ -48,7 +48,7 @@ def png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def validation_images(artifact: Path, n: int = 64) -> list[np.ndarray]:
+def validation_images(artifact: Path, n: int = 1200) -> list[np.ndarray]:
     from training.config import load_config  # the demo may use TensorFlow-free training code
     from training.data import load_dataset
 
