@@ -27,8 +27,9 @@ def read_tokens(path: str | Path) -> list[bytes]:
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
-    def __init__(self, tokens: list[bytes]):
+    def __init__(self, tokens: list[bytes], on_refused=None):
         self._tokens = list(tokens)
+        self._on_refused = on_refused  # e.g. a metrics counter of refused requests
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -37,6 +38,8 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         if self._allowed(metadata.get("authorization", "")):
             return handler
+        if self._on_refused is not None:
+            self._on_refused()
         return _refusal(handler)
 
     def _allowed(self, header: str) -> bool:

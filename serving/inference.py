@@ -40,6 +40,7 @@ from serving.errors import (
 from serving.pipeline.cam import METHODS, get_method, render
 from serving.pipeline.decode import DecodeLimits, InputError, decode, tensor_to_input
 from serving.pipeline.explain import activations_and_gradients
+from serving.reference_stats import brightness
 from serving.repository.loader import LoadError, load_servable
 from serving.repository.manager import ModelManager, ModelNotFound
 from serving.repository.servable import Servable
@@ -92,6 +93,11 @@ class Result:
     probabilities: np.ndarray  # (K,) float32
     heatmap: Heatmap | None = None
     timing: Timing = field(default_factory=Timing)
+    brightness: float | None = None  # mean luma of the model input, for drift (when tracked)
+
+    @property
+    def top_class(self) -> int:
+        return int(self.probabilities.argmax())
 
     def top(self, k: int) -> list[tuple[int, str, float]]:
         order = np.argsort(-self.probabilities, kind="stable")[:k]
@@ -192,9 +198,10 @@ class Inference:
         return result, pending.top_k
 
     def _finish(self, pending: Pending) -> Result:
-        probabilities, cam, target, inference_seconds, queue_seconds = self._wait(pending)
+        probabilities, cam, target, inference_seconds, queue_seconds, luma = self._wait(pending)
         servable = pending.servable
-        result = Result(servable.name, servable.version, servable.card.labels, probabilities)
+        result = Result(servable.name, servable.version, servable.card.labels, probabilities,
+                        brightness=luma)
         explain_started = time.perf_counter()
         if pending.explain is not None:
             result.heatmap = self._render(pending.pixels, cam, target, pending.explain)
@@ -347,18 +354,22 @@ class _BatchRunner:
     def __init__(self, servable: Servable, warmup_batch_sizes: tuple[int, ...]):
         self.model = servable.model_factory()
         self.head_weights = servable.head_weights
+        self.servable = servable
         card = servable.card
         for size in warmup_batch_sizes:  # the first call at a size allocates its tensors
             self.model.classify(np.zeros((size, card.input.height, card.input.width, 3), np.uint8))
 
     def __call__(self, kind: str, jobs: list[Job]) -> list[tuple]:
         images = np.stack([job.inputs for job in jobs])  # (N, H, W, 3)
+        # Drift needs each input's mean luma: one numpy call per batch, not one per request.
+        lumas = (brightness(images).tolist() if "drift" in self.servable.resources
+                 else [None] * len(jobs))
         started = time.perf_counter()
         if kind == "classify":
             probabilities = self.model.classify(images)
             seconds = time.perf_counter() - started
-            return [(p, None, int(p.argmax()), seconds, job.started - job.enqueued)
-                    for p, job in zip(probabilities, jobs, strict=True)]
+            return [(p, None, int(p.argmax()), seconds, job.started - job.enqueued, luma)
+                    for p, job, luma in zip(probabilities, jobs, lumas, strict=True)]
         wanted = np.array([-1 if job.target[0] is None else job.target[0] for job in jobs])
         probabilities, activations, gradients, targets = activations_and_gradients(
             self.model, images, wanted, self.head_weights)
@@ -370,8 +381,9 @@ class _BatchRunner:
             acts = activations if len(rows) == len(jobs) else activations[rows]
             maps[rows] = get_method(method)(acts, grads)
         seconds = time.perf_counter() - started
-        return [(p, m, int(t), seconds, job.started - job.enqueued)
-                for p, m, t, job in zip(probabilities, maps, targets, jobs, strict=True)]
+        return [(p, m, int(t), seconds, job.started - job.enqueued, luma)
+                for p, m, t, job, luma in zip(probabilities, maps, targets, jobs, lumas,
+                                              strict=True)]
 
 
 class _NoObserver:

@@ -12,8 +12,8 @@ are read at scrape time by a collector, so they are never stale. Label values ar
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from serving.deferred import LIMIT, DeferredCounter, DeferredHistogram
 from serving.pipeline.decode import REASONS as DECODE_REASONS
-from serving.reference_stats import brightness
 
 __all__ = ["GrpcMetricsInterceptor", "ServingMetrics", "SLO_SECONDS"]
 
@@ -45,25 +45,42 @@ class ServingMetrics:
                           registry=r)
         threshold.labels("warn").set(drift_warn)
         threshold.labels("alert").set(drift_alert)
-        self.grpc_started = Counter(
-            "grpc_server_started_total", "RPCs started on the server.",
-            ["grpc_type", "grpc_service", "grpc_method"], registry=r)
-        self.grpc_handled = Counter(
+        grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.grpc_started = DeferredCounter(
+            "grpc_server_started_total", "RPCs started on the server.", grpc_labels)
+        self.grpc_handled = DeferredCounter(
             "grpc_server_handled_total", "RPCs completed on the server, by status code.",
-            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"], registry=r)
-        self.grpc_seconds = Histogram(
+            (*grpc_labels, "grpc_code"))
+        self.grpc_seconds = DeferredHistogram(
             "grpc_server_handling_seconds", "Time from RPC start to its status, seconds.",
-            ["grpc_type", "grpc_service", "grpc_method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.grpc_received = Counter(
-            "grpc_server_msg_received_total", "Messages received from clients.",
-            ["grpc_type", "grpc_service", "grpc_method"], registry=r)
-        self.grpc_sent = Counter(
-            "grpc_server_msg_sent_total", "Messages sent to clients.",
-            ["grpc_type", "grpc_service", "grpc_method"], registry=r)
-
-        self.stage_seconds = Histogram(
+            grpc_labels, LATENCY_BUCKETS)
+        self.grpc_received = DeferredCounter(
+            "grpc_server_msg_received_total", "Messages received from clients.", grpc_labels)
+        self.grpc_sent = DeferredCounter(
+            "grpc_server_msg_sent_total", "Messages sent to clients.", grpc_labels)
+        self.stage_seconds = DeferredHistogram(
             "sightline_request_duration_seconds", "Time per request in each serving stage.",
-            ["model", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+            ("model", "stage"), LATENCY_BUCKETS)
+        self.predictions = DeferredCounter(
+            "sightline_predictions_total", "Top-1 predictions by class.", ("model", "class"))
+        self.confidence = DeferredHistogram(
+            "sightline_prediction_confidence", "Top-1 probability of each prediction.",
+            ("model",), tuple(np.round(np.arange(0.1, 1.01, 0.1), 1)))
+        self.low_confidence_total = DeferredCounter(
+            "sightline_low_confidence_predictions_total",
+            f"Predictions whose top-1 probability is below {low_confidence}.", ("model",))
+        self.input_bytes = DeferredHistogram(
+            "sightline_input_bytes", "Encoded size of request images, bytes.", ("model",),
+            tuple(1024 * 4**i for i in range(8)) + (16 * 1024 * 1024,))
+        self.input_pixels = DeferredHistogram(
+            "sightline_input_pixels", "Width x height of request images as sent.", ("model",),
+            (1e3, 4e3, 1.6e4, 6.4e4, 2.5e5, 1e6, 4e6, 1.6e7, 4e7))
+        self._drift_pending: deque = deque()
+        self.deferred = [self.grpc_started, self.grpc_handled, self.grpc_seconds,
+                         self.grpc_received, self.grpc_sent, self.stage_seconds,
+                         self.predictions, self.confidence, self.low_confidence_total,
+                         self.input_bytes, self.input_pixels]
+
         self.batch_size = Histogram(
             "sightline_batch_size", "Images per interpreter call.", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
@@ -84,22 +101,6 @@ class ServingMetrics:
         self.warmup_seconds = Gauge(
             "sightline_model_warmup_seconds", "Warm-up time of the last version loaded.",
             ["model"], registry=r)
-        self.predictions = Counter(
-            "sightline_predictions_total", "Top-1 predictions by class.", ["model", "class"],
-            registry=r)
-        self.confidence = Histogram(
-            "sightline_prediction_confidence", "Top-1 probability of each prediction.",
-            ["model"], buckets=tuple(np.round(np.arange(0.1, 1.01, 0.1), 1)), registry=r)
-        self.low_confidence_total = Counter(
-            "sightline_low_confidence_predictions_total",
-            f"Predictions whose top-1 probability is below {low_confidence}.", ["model"],
-            registry=r)
-        self.input_bytes = Histogram(
-            "sightline_input_bytes", "Encoded size of request images, bytes.", ["model"],
-            buckets=tuple(1024 * 4**i for i in range(8)) + (16 * 1024 * 1024,), registry=r)
-        self.input_pixels = Histogram(
-            "sightline_input_pixels", "Width x height of request images as sent.", ["model"],
-            buckets=(1e3, 4e3, 1.6e4, 6.4e4, 2.5e5, 1e6, 4e6, 1.6e7, 4e7), registry=r)
         self.decode_failures = Counter(
             "sightline_decode_failures_total", "Requests whose input could not be used.",
             ["reason"], registry=r)
@@ -108,7 +109,7 @@ class ServingMetrics:
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
         self.known_models: set[str] = set()  # every model the repository tried to load
-        self._per_model: dict[str, SimpleNamespace] = {}
+        self._batch_sizes: dict[str, object] = {}
 
     # -- the Inference observer -----------------------------------------------------------
 
@@ -120,41 +121,42 @@ class ServingMetrics:
 
     def request_done(self, servable, result, pixels: np.ndarray, input_bytes: int | None,
                      input_pixels: int | None) -> None:
-        m = self._children(servable.name)
-        t = result.timing
-        m.decode.observe(t.decode_seconds)
-        m.queue.observe(t.queue_seconds)
-        m.inference.observe(t.inference_seconds)
-        m.total.observe(t.total_seconds)
+        """A dozen appends, no locks: binned when Prometheus scrapes (``serving.deferred``)."""
+        model, t = servable.name, result.timing
+        stage = self.stage_seconds.observe
+        stage((model, "decode"), t.decode_seconds)
+        stage((model, "queue"), t.queue_seconds)
+        stage((model, "inference"), t.inference_seconds)
+        stage((model, "total"), t.total_seconds)
         if result.heatmap is not None:
-            m.explain.observe(t.explain_seconds)
-        top = int(result.probabilities.argmax())
+            stage((model, "explain"), t.explain_seconds)
+        top = result.top_class
         confidence = float(result.probabilities[top])
-        self.predictions.labels(servable.name, servable.card.labels[top]).inc()
-        m.confidence.observe(confidence)
+        self.predictions.inc((model, servable.card.labels[top]))
+        self.confidence.observe((model,), confidence)
         if confidence < self.low_confidence:
-            m.low_confidence.inc()
+            self.low_confidence_total.inc((model,))
         if input_bytes is not None:
-            m.input_bytes.observe(input_bytes)
+            self.input_bytes.observe((model,), input_bytes)
         if input_pixels is not None:
-            m.input_pixels.observe(input_pixels)
+            self.input_pixels.observe((model,), input_pixels)
         drift = servable.resources.get("drift")
-        if drift is not None:
-            drift.observe(top, confidence, float(brightness(pixels[None])[0]))
+        if drift is not None and result.brightness is not None:
+            self._drift_pending.append((drift, top, confidence, result.brightness))
+            if len(self._drift_pending) > LIMIT:
+                self.fold_drift()
 
-    def _children(self, model: str) -> SimpleNamespace:
-        """The labelled metrics of one model, looked up once (``labels()`` costs ~1 us each)."""
-        children = self._per_model.get(model)
-        if children is None:
-            stage = {name: self.stage_seconds.labels(model, name) for name in STAGES}
-            children = SimpleNamespace(
-                **stage, confidence=self.confidence.labels(model),
-                low_confidence=self.low_confidence_total.labels(model),
-                input_bytes=self.input_bytes.labels(model),
-                input_pixels=self.input_pixels.labels(model),
-                batch_size=self.batch_size.labels(model))
-            self._per_model[model] = children
-        return children
+    def fold_drift(self) -> None:
+        """Hand the queued observations to each version's drift monitor, in bulk."""
+        grouped: dict[object, list] = {}
+        pending = self._drift_pending
+        for _ in range(len(pending)):
+            monitor, *observation = pending.popleft()
+            grouped.setdefault(monitor, []).append(observation)
+        for monitor, rows in grouped.items():
+            classes, confidences, brightnesses = zip(*rows, strict=True)
+            monitor.observe_batch(np.array(classes), np.array(confidences),
+                                  np.array(brightnesses))
 
     def rejected_request(self, reason: str, error_type: str) -> None:
         """``reason``: the ServingError's reason; ``error_type``: its class name."""
@@ -169,7 +171,10 @@ class ServingMetrics:
             self.rejected.labels("unknown_model").inc()
 
     def batch(self, model: str, size: int) -> None:
-        self._children(model).batch_size.observe(size)
+        child = self._batch_sizes.get(model)
+        if child is None:
+            child = self._batch_sizes[model] = self.batch_size.labels(model)
+        child.observe(size)
 
     # -- the model manager's on_event hook ------------------------------------------------
 
@@ -189,14 +194,26 @@ class ServingMetrics:
 
     def watch(self, manager, drift_of: Callable | None = None) -> None:
         """Report the served versions, their queues and drift at every scrape."""
-        self.registry.register(_StateCollector(manager, drift_of, self.known_models))
+        self.registry.register(_DeferredCollector(self.deferred))
+        self.registry.register(_StateCollector(manager, drift_of, self.known_models,
+                                               self.fold_drift))
+
+
+class _DeferredCollector(Collector):
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def collect(self):
+        for metric in self.metrics:
+            yield metric.collect()
 
 
 class _StateCollector(Collector):
-    def __init__(self, manager, drift_of, known_models: set[str]):
+    def __init__(self, manager, drift_of, known_models: set[str], fold_drift):
         self.manager = manager
         self.drift_of = drift_of
         self.known_models = known_models
+        self.fold_drift = fold_drift
 
     def collect(self):
         info = GaugeMetricFamily("sightline_model_info", "Served model versions (value 1).",
@@ -213,6 +230,7 @@ class _StateCollector(Collector):
                                "traffic against the card's reference.", labels=["model", "signal"])
         window = GaugeMetricFamily("sightline_drift_window_size", "Requests in the drift window.",
                                    labels=["model"])
+        self.fold_drift()
         served = self.manager.models()
         for name in sorted(self.known_models - set(served)):  # tried, and nothing is served
             loaded.add_metric([name], 0)
@@ -247,13 +265,21 @@ class GrpcMetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: ServingMetrics):
         self.m = metrics
-        self._methods: dict[tuple[str, str, str], SimpleNamespace] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # wrapped once per method
 
     def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is None:  # unknown methods stay uncached: clients choose their names
+            wrapped = self._wrap(continuation(handler_call_details), method)
+            if wrapped is not None:
+                self._handlers[method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler, method_path: str):
         if handler is None:
             return None
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        service, _, method = method_path.lstrip("/").rpartition("/")
         if handler.request_streaming and handler.response_streaming:
             kind, wrap, factory = ("bidi_stream", self._streaming,
                                    grpc.stream_stream_rpc_method_handler)
@@ -267,68 +293,53 @@ class GrpcMetricsInterceptor(grpc.ServerInterceptor):
         return factory(wrap(behavior, labels), handler.request_deserializer,
                        handler.response_serializer)
 
-    def _method(self, labels: tuple[str, str, str]) -> SimpleNamespace:
-        """One method's labelled metrics, made once (there are a handful of methods)."""
-        method = self._methods.get(labels)
-        if method is None:
-            method = SimpleNamespace(
-                started=self.m.grpc_started.labels(*labels),
-                seconds=self.m.grpc_seconds.labels(*labels),
-                received=self.m.grpc_received.labels(*labels),
-                sent=self.m.grpc_sent.labels(*labels), handled={})
-            self._methods[labels] = method
-        return method
-
-    def _finish(self, labels, method, context, started, code=None):
+    def _finish(self, labels, context, started, received, sent, code=None):
         code = code or context.code() or grpc.StatusCode.OK
-        handled = method.handled.get(code)
-        if handled is None:
-            handled = method.handled[code] = self.m.grpc_handled.labels(*labels, code.name)
-        handled.inc()
-        method.seconds.observe(time.perf_counter() - started)
+        m = self.m
+        m.grpc_handled.inc((*labels, code.name))
+        m.grpc_seconds.observe(labels, time.perf_counter() - started)
+        m.grpc_received.inc(labels, received)
+        m.grpc_sent.inc(labels, sent)
 
     def _unary(self, behavior, labels):
-        method = self._method(labels)
-
         def wrapped(request, context):
             started = time.perf_counter()
-            method.started.inc()
-            method.received.inc()
+            self.m.grpc_started.inc(labels)
             try:
                 response = behavior(request, context)
             except BaseException:
-                self._finish(labels, method, context, started,
+                self._finish(labels, context, started, 1, 0,
                              context.code() or grpc.StatusCode.UNKNOWN)
                 raise
-            method.sent.inc()
-            self._finish(labels, method, context, started)
+            self._finish(labels, context, started, 1, 1)
             return response
 
         return wrapped
 
     def _streaming(self, behavior, labels):
-        method = self._method(labels)
-
         def wrapped(request_iterator, context):
             started = time.perf_counter()
-            method.started.inc()
+            self.m.grpc_started.inc(labels)
+            received = [0]
 
             def counted():
                 for request in request_iterator:
-                    method.received.inc()
+                    received[0] += 1
                     yield request
 
+            sent = 0
             try:
                 for response in behavior(counted(), context):
-                    method.sent.inc()
+                    sent += 1
                     yield response
             except GeneratorExit:  # the client went away mid-stream
-                self._finish(labels, method, context, started, grpc.StatusCode.CANCELLED)
+                self._finish(labels, context, started, received[0], sent,
+                             grpc.StatusCode.CANCELLED)
                 raise
             except BaseException:
-                self._finish(labels, method, context, started,
+                self._finish(labels, context, started, received[0], sent,
                              context.code() or grpc.StatusCode.UNKNOWN)
                 raise
-            self._finish(labels, method, context, started)
+            self._finish(labels, context, started, received[0], sent)
 
         return wrapped

@@ -157,8 +157,10 @@ def create_server(config: ServerConfig, port: int | None = None,
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.grpc_threads,
                                    thread_name_prefix="grpc"),
-        interceptors=[*([GrpcMetricsInterceptor(metrics)] if metrics else []),
-                      *_interceptors(config)],
+        # Metrics innermost: it wraps each method's handler once, which is only right behind
+        # interceptors that decide per call (auth); auth counts its own refusals.
+        interceptors=[*_interceptors(config, metrics),
+                      *([GrpcMetricsInterceptor(metrics)] if metrics else [])],
         options=_options(config),
         compression=COMPRESSION[config.compression],
         maximum_concurrent_rpcs=None,
@@ -211,10 +213,13 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-def _interceptors(config: ServerConfig) -> list[grpc.ServerInterceptor]:
+def _interceptors(config: ServerConfig, metrics: ServingMetrics | None
+                  ) -> list[grpc.ServerInterceptor]:
     if not config.auth_token_file:
         return []
-    return [BearerTokenInterceptor(read_tokens(config.auth_token_file))]
+    refused = None if metrics is None else (
+        lambda: metrics.rejected_request("unauthenticated", "Unauthenticated"))
+    return [BearerTokenInterceptor(read_tokens(config.auth_token_file), on_refused=refused)]
 
 
 def _bind(grpc_server: grpc.Server, address: str, config: ServerConfig) -> int:

@@ -83,6 +83,11 @@ def test_bearer_token(repository, start_server, tmp_path):
         stream = stub.ClassifyStream(iter([classify_request()]), timeout=5)
         with expect_error(grpc.StatusCode.UNAUTHENTICATED, "bearer token"):
             list(stream)
+        from tests.serving.test_metrics import samples, scrape, value
+
+        refused = value(samples(scrape(server)), "sightline_requests_rejected_total",
+                        reason="unauthenticated")
+        assert refused == 6  # five unary calls and one stream
         health = health_pb2_grpc.HealthStub(channel)  # exempt: probes carry no secret
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
             health_pb2.HealthCheckResponse.SERVING
