@@ -50,6 +50,11 @@ class DeferredCounter(_Deferred):
     def inc(self, labels: tuple = (), amount: float = 1.0) -> None:
         self._append((labels, amount))
 
+    def add(self, labels: tuple, amount: float) -> None:
+        """Add at once (a bulk fold of already aggregated values), not deferred."""
+        with self._fold_lock:
+            self._totals[labels] = self._totals.get(labels, 0.0) + amount
+
     def touch(self, labels: tuple) -> None:
         """Export ``labels`` at 0 before its first increment."""
         with self._fold_lock:
@@ -86,16 +91,25 @@ class DeferredHistogram(_Deferred):
             for labels, value in self._drain():
                 grouped[labels].append(value)
             for labels, values in grouped.items():
-                values = np.asarray(values, dtype=np.float64)
-                # Bucket i counts bounds[i-1] < v <= bounds[i], as Prometheus's `le` means.
-                index = np.searchsorted(self.bounds, values, side="left")
-                counts = np.bincount(index, minlength=len(self.bounds) + 1)
-                if labels in self._counts:
-                    self._counts[labels] += counts
-                    self._sums[labels] += float(values.sum())
-                else:
-                    self._counts[labels] = counts
-                    self._sums[labels] = float(values.sum())
+                self._add_many(labels, np.asarray(values, dtype=np.float64))
+
+    def add_many(self, labels: tuple, values: np.ndarray) -> None:
+        """Observe many values at once (a bulk fold), not deferred."""
+        with self._fold_lock:
+            self._add_many(labels, np.asarray(values, dtype=np.float64))
+
+    def _add_many(self, labels: tuple, values: np.ndarray) -> None:
+        if not len(values):
+            return
+        # Bucket i counts bounds[i-1] < v <= bounds[i], as Prometheus's `le` means.
+        index = np.searchsorted(self.bounds, values, side="left")
+        counts = np.bincount(index, minlength=len(self.bounds) + 1)
+        if labels in self._counts:
+            self._counts[labels] += counts
+            self._sums[labels] += float(values.sum())
+        else:
+            self._counts[labels] = counts
+            self._sums[labels] = float(values.sum())
 
     def collect(self) -> HistogramMetricFamily:
         self.fold()

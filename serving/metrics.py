@@ -11,8 +11,10 @@ are read at scrape time by a collector, so they are never stale. Label values ar
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 
 import grpc
@@ -26,6 +28,7 @@ from serving.pipeline.decode import REASONS as DECODE_REASONS
 
 __all__ = ["GrpcMetricsInterceptor", "ServingMetrics", "SLO_SECONDS"]
 
+NAN = float("nan")
 SLO_SECONDS = 0.1  # the latency SLO: a bucket boundary in every latency histogram
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, SLO_SECONDS, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
@@ -75,7 +78,10 @@ class ServingMetrics:
         self.input_pixels = DeferredHistogram(
             "sightline_input_pixels", "Width x height of request images as sent.", ("model",),
             (1e3, 4e3, 1.6e4, 6.4e4, 2.5e5, 1e6, 4e6, 1.6e7, 4e7))
-        self._drift_pending: deque = deque()
+        self._requests: deque = deque()  # one tuple per finished request (``request_done``)
+        self._rpcs_started: deque = deque()  # labels per started RPC
+        self._rpcs: deque = deque()  # (labels, code, seconds, received, sent) per finished RPC
+        self._fold_lock = threading.Lock()
         self.deferred = [self.grpc_started, self.grpc_handled, self.grpc_seconds,
                          self.grpc_received, self.grpc_sent, self.stage_seconds,
                          self.predictions, self.confidence, self.low_confidence_total,
@@ -121,42 +127,82 @@ class ServingMetrics:
 
     def request_done(self, servable, result, pixels: np.ndarray, input_bytes: int | None,
                      input_pixels: int | None) -> None:
-        """A dozen appends, no locks: binned when Prometheus scrapes (``serving.deferred``)."""
-        model, t = servable.name, result.timing
-        stage = self.stage_seconds.observe
-        stage((model, "decode"), t.decode_seconds)
-        stage((model, "queue"), t.queue_seconds)
-        stage((model, "inference"), t.inference_seconds)
-        stage((model, "total"), t.total_seconds)
-        if result.heatmap is not None:
-            stage((model, "explain"), t.explain_seconds)
-        top = result.top_class
-        confidence = float(result.probabilities[top])
-        self.predictions.inc((model, servable.card.labels[top]))
-        self.confidence.observe((model,), confidence)
-        if confidence < self.low_confidence:
-            self.low_confidence_total.inc((model,))
-        if input_bytes is not None:
-            self.input_bytes.observe((model,), input_bytes)
-        if input_pixels is not None:
-            self.input_pixels.observe((model,), input_pixels)
-        drift = servable.resources.get("drift")
-        if drift is not None and result.brightness is not None:
-            self._drift_pending.append((drift, top, confidence, result.brightness))
-            if len(self._drift_pending) > LIMIT:
-                self.fold_drift()
+        """One append, no locks: ``fold`` turns the log into metrics when Prometheus scrapes."""
+        t, top = result.timing, result.top_class
+        self._requests.append((
+            servable.name, servable.card.labels, top, float(result.probabilities[top]),
+            t.decode_seconds, t.queue_seconds, t.inference_seconds,
+            t.explain_seconds if result.heatmap is not None else NAN, t.total_seconds,
+            NAN if input_bytes is None else input_bytes,
+            NAN if input_pixels is None else input_pixels,
+            servable.resources.get("drift"), result.brightness))
+        if len(self._requests) > LIMIT:
+            self.fold()
 
-    def fold_drift(self) -> None:
-        """Hand the queued observations to each version's drift monitor, in bulk."""
-        grouped: dict[object, list] = {}
-        pending = self._drift_pending
-        for _ in range(len(pending)):
-            monitor, *observation = pending.popleft()
-            grouped.setdefault(monitor, []).append(observation)
-        for monitor, rows in grouped.items():
-            classes, confidences, brightnesses = zip(*rows, strict=True)
-            monitor.observe_batch(np.array(classes), np.array(confidences),
-                                  np.array(brightnesses))
+    def fold(self) -> None:
+        """Fold the request and RPC logs into the metrics, with numpy, a model at a time."""
+        with self._fold_lock:
+            by_model: dict[tuple, list] = defaultdict(list)
+            log = self._requests
+            for _ in range(len(log)):
+                row = log.popleft()
+                by_model[row[0], id(row[1])].append(row)
+            for rows in by_model.values():
+                self._fold_model(rows)
+            self._fold_rpcs()
+
+    def _fold_model(self, rows: list[tuple]) -> None:
+        model, labels = rows[0][0], rows[0][1]
+        (_, _, top, confidence, decode, queue, inference, explain, total, size, pixels,
+         monitors, lumas) = zip(*rows, strict=True)
+        top, confidence = np.asarray(top), np.asarray(confidence)
+        for stage, values in (("decode", decode), ("queue", queue), ("inference", inference),
+                              ("explain", explain), ("total", total)):
+            values = np.asarray(values)
+            self.stage_seconds.add_many((model, stage), values[~np.isnan(values)])
+        for index, count in enumerate(np.bincount(top, minlength=len(labels))):
+            if count:
+                self.predictions.add((model, labels[index]), int(count))
+        self.confidence.add_many((model,), confidence)
+        low = int((confidence < self.low_confidence).sum())
+        if low:
+            self.low_confidence_total.add((model,), low)
+        for histogram, values in ((self.input_bytes, size), (self.input_pixels, pixels)):
+            values = np.asarray(values, dtype=np.float64)
+            histogram.add_many((model,), values[~np.isnan(values)])
+        for monitor in {m for m in monitors if m is not None}:
+            rows_of = [i for i, m in enumerate(monitors) if m is monitor and lumas[i] is not None]
+            monitor.observe_batch(top[rows_of], confidence[rows_of],
+                                  np.asarray([lumas[i] for i in rows_of]))
+
+    def _fold_rpcs(self) -> None:
+        started = self._rpcs_started
+        for labels, count in collections.Counter(
+                started.popleft() for _ in range(len(started))).items():
+            self.grpc_started.add(labels, count)
+        finished: dict[tuple, list] = defaultdict(list)
+        log = self._rpcs
+        for _ in range(len(log)):
+            labels, *rest = log.popleft()
+            finished[labels].append(rest)
+        for labels, rows in finished.items():
+            codes, seconds, received, sent = zip(*rows, strict=True)
+            for code, count in collections.Counter(codes).items():
+                self.grpc_handled.add((*labels, code), count)
+            self.grpc_seconds.add_many(labels, np.asarray(seconds))
+            self.grpc_received.add(labels, sum(received))
+            self.grpc_sent.add(labels, sum(sent))
+
+    def rpc_started(self, labels: tuple) -> None:
+        self._rpcs_started.append(labels)
+        if len(self._rpcs_started) > LIMIT:
+            self.fold()
+
+    def rpc_finished(self, labels: tuple, code: str, seconds: float, received: int,
+                     sent: int) -> None:
+        self._rpcs.append((labels, code, seconds, received, sent))
+        if len(self._rpcs) > LIMIT:
+            self.fold()
 
     def rejected_request(self, reason: str, error_type: str) -> None:
         """``reason``: the ServingError's reason; ``error_type``: its class name."""
@@ -194,26 +240,27 @@ class ServingMetrics:
 
     def watch(self, manager, drift_of: Callable | None = None) -> None:
         """Report the served versions, their queues and drift at every scrape."""
-        self.registry.register(_DeferredCollector(self.deferred))
-        self.registry.register(_StateCollector(manager, drift_of, self.known_models,
-                                               self.fold_drift))
+        self.registry.register(_DeferredCollector(self.deferred, self.fold))
+        self.registry.register(_StateCollector(manager, drift_of, self.known_models, self.fold))
 
 
 class _DeferredCollector(Collector):
-    def __init__(self, metrics):
+    def __init__(self, metrics, fold):
         self.metrics = metrics
+        self.fold = fold
 
     def collect(self):
+        self.fold()
         for metric in self.metrics:
             yield metric.collect()
 
 
 class _StateCollector(Collector):
-    def __init__(self, manager, drift_of, known_models: set[str], fold_drift):
+    def __init__(self, manager, drift_of, known_models: set[str], fold):
         self.manager = manager
         self.drift_of = drift_of
         self.known_models = known_models
-        self.fold_drift = fold_drift
+        self.fold = fold  # drift monitors must see the logged requests before their snapshot
 
     def collect(self):
         info = GaugeMetricFamily("sightline_model_info", "Served model versions (value 1).",
@@ -230,7 +277,7 @@ class _StateCollector(Collector):
                                "traffic against the card's reference.", labels=["model", "signal"])
         window = GaugeMetricFamily("sightline_drift_window_size", "Requests in the drift window.",
                                    labels=["model"])
-        self.fold_drift()
+        self.fold()
         served = self.manager.models()
         for name in sorted(self.known_models - set(served)):  # tried, and nothing is served
             loaded.add_metric([name], 0)
@@ -295,16 +342,12 @@ class GrpcMetricsInterceptor(grpc.ServerInterceptor):
 
     def _finish(self, labels, context, started, received, sent, code=None):
         code = code or context.code() or grpc.StatusCode.OK
-        m = self.m
-        m.grpc_handled.inc((*labels, code.name))
-        m.grpc_seconds.observe(labels, time.perf_counter() - started)
-        m.grpc_received.inc(labels, received)
-        m.grpc_sent.inc(labels, sent)
+        self.m.rpc_finished(labels, code.name, time.perf_counter() - started, received, sent)
 
     def _unary(self, behavior, labels):
         def wrapped(request, context):
             started = time.perf_counter()
-            self.m.grpc_started.inc(labels)
+            self.m.rpc_started(labels)
             try:
                 response = behavior(request, context)
             except BaseException:
@@ -319,7 +362,7 @@ class GrpcMetricsInterceptor(grpc.ServerInterceptor):
     def _streaming(self, behavior, labels):
         def wrapped(request_iterator, context):
             started = time.perf_counter()
-            self.m.grpc_started.inc(labels)
+            self.m.rpc_started(labels)
             received = [0]
 
             def counted():
