@@ -136,7 +136,8 @@ class Inference:
                  limits: DecodeLimits | None = None, default_model: str = "",
                  observer: Any = None, drift: tuple[int, int] | None = (1000, 500)):
         self.manager = manager  # None until the server wires it: its loader is ``self.loader``
-        # Metrics wrap the path through these hooks (serving.metrics.ServingMetrics).
+        # Metrics wrap the path through these hooks (serving.metrics.ServingMetrics); requests
+        # in flight are the servables' holders, counted at scrape time.
         self.observer = observer if observer is not None else _NoObserver()
         self.drift = drift  # (window, min_samples) of each version's drift monitor; None: off
         self._default_model = default_model
@@ -157,7 +158,6 @@ class Inference:
         time.monotonic() seconds; ``on_cancel(callback)`` registers what to call if the client
         goes away. Streams submit many before finishing any, so batches fill."""
         started = time.perf_counter()
-        self.observer.request_started()
         servable = None
         try:
             servable = self._acquire(name, version, label)
@@ -172,7 +172,6 @@ class Inference:
         except BaseException as exc:
             if servable is not None:
                 servable.release()
-            self.observer.request_ended()
             if isinstance(exc, ServingError):
                 self.observer.rejected_request(exc.reason, type(exc).__name__)
             raise
@@ -192,7 +191,6 @@ class Inference:
             raise
         finally:
             pending.servable.release()
-            self.observer.request_ended()
         self.observer.request_done(pending.servable, result, pending.pixels,
                                    pending.input_bytes, pending.input_pixels)
         return result, pending.top_k

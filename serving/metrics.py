@@ -90,9 +90,6 @@ class ServingMetrics:
         self.batch_size = Histogram(
             "sightline_batch_size", "Images per interpreter call.", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
-        self.in_flight = Gauge(
-            "sightline_in_flight_requests", "Requests accepted and not yet answered.",
-            registry=r)
         self.rejected = Counter(
             "sightline_requests_rejected_total", "Requests refused or dropped, by reason.",
             ["reason"], registry=r)
@@ -118,12 +115,6 @@ class ServingMetrics:
         self._batch_sizes: dict[str, object] = {}
 
     # -- the Inference observer -----------------------------------------------------------
-
-    def request_started(self) -> None:
-        self.in_flight.inc()
-
-    def request_ended(self) -> None:
-        self.in_flight.dec()
 
     def request_done(self, servable, result, pixels: np.ndarray, input_bytes: int | None,
                      input_pixels: int | None) -> None:
@@ -267,6 +258,9 @@ class _StateCollector(Collector):
                                  labels=["model", "version", "sha256", "variant"])
         loaded = GaugeMetricFamily("sightline_model_loaded", "Versions served per model.",
                                    labels=["model"])
+        in_flight = GaugeMetricFamily("sightline_in_flight_requests", "Requests accepted and not "
+                                      "yet answered (holding a model version).")
+        holding = 0
         depth = GaugeMetricFamily("sightline_queue_depth", "Requests waiting for a batch.",
                                   labels=["model"])
         capacity = GaugeMetricFamily("sightline_queue_capacity", "Most requests that may wait.",
@@ -290,6 +284,7 @@ class _StateCollector(Collector):
                 except LookupError:  # unloaded between the two reads
                     continue
                 card = servable.card
+                holding += servable.holders
                 info.add_metric([name, str(version), card.files["model.tflite"]["sha256"],
                                  card.quantization.get("primary", "")], 1)
                 batcher = servable.resources.get("batcher")
@@ -304,7 +299,8 @@ class _StateCollector(Collector):
                 psi.add_metric([name, "brightness"], drift["brightness_psi"])
                 ks.add_metric([name, "confidence"], drift["confidence_ks"])
                 window.add_metric([name], drift["window_size"])
-        yield from (info, loaded, depth, capacity, psi, ks, window)
+        in_flight.add_metric([], holding)
+        yield from (info, loaded, in_flight, depth, capacity, psi, ks, window)
 
 
 class GrpcMetricsInterceptor(grpc.ServerInterceptor):

@@ -176,4 +176,6 @@ def test_a_stream_cancelled_midway_releases_everything_it_held(repository, start
     while servable.holders and time.monotonic() < end:
         time.sleep(0.05)
     assert servable.holders == 0
-    assert server.metrics.in_flight._value.get() == 0
+    from tests.serving.test_metrics import samples, scrape, value
+
+    assert value(samples(scrape(server)), "sightline_in_flight_requests") == 0
