@@ -137,6 +137,8 @@ def preview(prometheus: str, out_dir: Path, *, minutes: float = 10,
                 failed.append(entry | {"error": str(err)})
                 continue
             series = [s for s in series if np.isfinite(s.values).any()]
+            if query.instant:  # a table of what is there now: series that ended are gone
+                series = [s for s in series if np.isfinite(s.values[-1])]
             if series:
                 panels_with_data.add(query.panel_id)
                 data.setdefault(query.panel_id, []).extend(series)
