@@ -240,6 +240,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="measured seconds per cell (default 4)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 1)")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--control", action="store_true",
+                        help="A/A: metrics off on both servers, to see the noise floor")
     parser.add_argument("--clients", type=int, default=2, help="load generators per server")
     parser.add_argument("--scrape-interval", type=float, default=2.0)
     parser.add_argument("--format", choices=("PNG", "JPEG"), default="PNG")
@@ -260,7 +262,9 @@ def main() -> None:
     images, _ = model_inputs(args.model, args.format)
     base = [sys.executable, "-m", "serving", "--model-dir", str(args.model), "--host",
             "127.0.0.1", "--metrics-host", "127.0.0.1", *shlex.split(args.server_args)]
-    commands = {"on": [*base, "--metrics-port", "0"], "off": [*base, "--metrics-port", "-1"]}
+    # --control (A/A): both servers run with metrics off, to measure the comparison's own noise.
+    commands = {"on": [*base, "--metrics-port", "-1" if args.control else "0"],
+                "off": [*base, "--metrics-port", "-1"]}
     servers: dict[str, ServerProcess] = {}
     clients: dict[str, list[LoadGen]] = {}
     info: dict[str, dict] = {}
@@ -282,14 +286,17 @@ def main() -> None:
                                  for i in range(args.clients)]
             metrics_ports = [p for p in info["on"]["listening_ports"]
                              if p != servers["on"].port]
-            if len(metrics_ports) != 1:
+            if args.control:
+                metrics_ports = []
+            elif len(metrics_ports) != 1:
                 raise SystemExit(f"metrics-on server: expected one metrics port besides gRPC, "
                                  f"found {info['on']['listening_ports']}")
             if info["off"]["listening_ports"] != [servers["off"].port]:
                 raise SystemExit(f"metrics-off server listens on more than its gRPC port: "
                                  f"{info['off']['listening_ports']}")
-            scraper = Scraper(f"http://127.0.0.1:{metrics_ports[0]}/metrics",
-                              args.scrape_interval)
+            if metrics_ports:
+                scraper = Scraper(f"http://127.0.0.1:{metrics_ports[0]}/metrics",
+                                  args.scrape_interval)
             for r in range(-1, args.rounds):  # round -1: warm-up, not recorded
                 order = SERVERS if r % 2 == 0 else SERVERS[::-1]
                 for mode in MODES:
@@ -334,9 +341,12 @@ def print_report(report: dict) -> None:
               f"{s['listening_ports']} (gRPC {s['grpc_port']}), max RSS "
               f"{s['max_sampled_rss_mb']:.0f} MB")
     sc = report["scrapes"]
-    print(f"scrapes of {sc['url']} from the bench process every {sc['interval_s']:g} s: "
-          f"{sc['count']} ok, {sc['errors']} failed, median {sc['median_ms']:.1f} ms, "
-          f"max {sc['max_ms']:.1f} ms, {sc['bytes_last']} bytes / {sc['samples_last']} samples")
+    if sc is None:
+        print("no scrapes: --control runs both servers with metrics off")
+    else:
+        print(f"scrapes of {sc['url']} from the bench process every {sc['interval_s']:g} s: "
+              f"{sc['count']} ok, {sc['errors']} failed, median {sc['median_ms']:.1f} ms, "
+              f"max {sc['max_ms']:.1f} ms, {sc['bytes_last']} bytes / {sc['samples_last']} samples")
     print(f"\nconcurrency {report['concurrency']}, {report['rounds']} rounds x "
           f"{report['seconds_per_cell']:g} s per cell:")
     for mode, s in report["summary"].items():
