@@ -82,14 +82,13 @@ class ServingMetrics:
         self._rpcs_started: deque = deque()  # labels per started RPC
         self._rpcs: deque = deque()  # (labels, code, seconds, received, sent) per finished RPC
         self._fold_lock = threading.Lock()
+        self.batch_size = DeferredHistogram(
+            "sightline_batch_size", "Images per interpreter call.", ("model",),
+            (1, 2, 4, 8, 16, 32, 64, 128))
         self.deferred = [self.grpc_started, self.grpc_handled, self.grpc_seconds,
                          self.grpc_received, self.grpc_sent, self.stage_seconds,
                          self.predictions, self.confidence, self.low_confidence_total,
-                         self.input_bytes, self.input_pixels]
-
-        self.batch_size = Histogram(
-            "sightline_batch_size", "Images per interpreter call.", ["model"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+                         self.input_bytes, self.input_pixels, self.batch_size]
         self.rejected = Counter(
             "sightline_requests_rejected_total", "Requests refused or dropped, by reason.",
             ["reason"], registry=r)
@@ -112,7 +111,6 @@ class ServingMetrics:
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
         self.known_models: set[str] = set()  # every model the repository tried to load
-        self._batch_sizes: dict[str, object] = {}
 
     # -- the Inference observer -----------------------------------------------------------
 
@@ -208,10 +206,7 @@ class ServingMetrics:
             self.rejected.labels("unknown_model").inc()
 
     def batch(self, model: str, size: int) -> None:
-        child = self._batch_sizes.get(model)
-        if child is None:
-            child = self._batch_sizes[model] = self.batch_size.labels(model)
-        child.observe(size)
+        self.batch_size.observe((model,), size)
 
     # -- the model manager's on_event hook ------------------------------------------------
 
