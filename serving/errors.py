@@ -8,6 +8,9 @@ else is a bug and becomes INTERNAL with a log line (never a leaked traceback).
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import grpc
 
 __all__ = [
@@ -19,8 +22,11 @@ __all__ = [
     "ServingError",
     "UnknownModel",
     "Unauthenticated",
+    "answer_errors",
     "status_of",
 ]
+
+INTERNAL_MESSAGE = "internal error (logged by the server)"
 
 
 class ServingError(Exception):
@@ -70,3 +76,20 @@ STATUS: dict[type[ServingError], grpc.StatusCode] = {
 
 def status_of(error: ServingError) -> grpc.StatusCode:
     return STATUS[type(error)]
+
+
+def answer_errors(handler):
+    """Decorate a unary servicer method: a ServingError leaves with its status and message;
+    anything else is a bug, logged here, and the client learns no more than INTERNAL."""
+
+    @functools.wraps(handler)
+    def answered(self, request, context):
+        try:
+            return handler(self, request, context)
+        except ServingError as exc:
+            context.abort(status_of(exc), str(exc))
+        except Exception:
+            logging.getLogger("sightline.service").exception("%s failed", handler.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    return answered

@@ -11,14 +11,12 @@ extension instead: BYTES [N, k] of ``"score:index:label"``.
 
 from __future__ import annotations
 
-import logging
 import struct
 from importlib import metadata
 
-import grpc
 import numpy as np
 
-from serving.errors import BadRequest, ServingError, UnknownModel, status_of
+from serving.errors import BadRequest, ServingError, UnknownModel, answer_errors, status_of
 from serving.inference import Explain, Inference, deadline_after
 from serving.protos_gen.inference import grpc_predict_v2_pb2 as pb
 from serving.protos_gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -27,7 +25,6 @@ from serving.repository.manager import ModelNotFound
 __all__ = ["InferenceService", "SERVICE_NAME"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-log = logging.getLogger("sightline.oip")
 PIXEL_TYPES = {"UINT8": ("uint8", "uint_contents"), "FP32": ("float32", "fp32_contents")}
 
 
@@ -69,16 +66,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(name="probabilities", datatype="FP32", shape=[-1, k]),
                      tensor(name="heatmap", datatype="FP32", shape=[-1, h, w])])
 
+    @answer_errors
     def ModelInfer(self, request, context):
-        try:
-            return self._infer(request, context)
-        except ServingError as exc:
-            context.abort(status_of(exc), str(exc))
-        except Exception:  # a bug: log it, tell the client no more than that
-            log.exception("ModelInfer failed")
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")
-
-    def _infer(self, request, context):
         servable = self._servable(request.model_name, request.model_version)
         card = servable.card
         items = _inputs(request, card.input.height, card.input.width)

@@ -15,7 +15,14 @@ import uuid
 
 import grpc
 
-from serving.errors import BadRequest, ServingError, UnknownModel, status_of
+from serving.errors import (
+    INTERNAL_MESSAGE,
+    BadRequest,
+    ServingError,
+    UnknownModel,
+    answer_errors,
+    status_of,
+)
 from serving.inference import Explain, Inference, Result, deadline_after
 from serving.pipeline.cam import METHODS
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
@@ -33,14 +40,10 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         self.inference = inference
         self.stream_window = stream_window  # requests of one stream in flight at once
 
+    @answer_errors
     def Classify(self, request, context):
-        try:
-            return self._classify(request, context)
-        except ServingError as exc:
-            context.abort(status_of(exc), str(exc))
-        except Exception:  # a bug: log it, tell the client no more than that
-            log.exception("Classify failed")
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")
+        result, top_k = self.inference.finish(self._submit(request, context))
+        return _response(result, top_k, request.request_id or uuid.uuid4().hex)
 
     def ClassifyStream(self, request_iterator, context):
         """A reader thread decodes and queues each request as it arrives (up to stream_window
@@ -62,8 +65,7 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
                         continue
                     except Exception:  # a bug: answer this request, keep the stream going
                         log.exception("ClassifyStream request failed")
-                        done.put((request, ServingError("internal", "internal error (logged "
-                                                                    "by the server)")))
+                        done.put((request, ServingError("internal", INTERNAL_MESSAGE)))
                         continue
                     pending.future.add_done_callback(
                         lambda _, r=request, p=pending: done.put((r, p)))
@@ -103,8 +105,7 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         except Exception:  # a bug in finishing: answer this request, keep the stream going
             log.exception("ClassifyStream request failed")
             return pb.ClassifyResponse(request_id=request.request_id, error=pb.Error(
-                code=grpc.StatusCode.INTERNAL.value[0], message="internal error (logged by "
-                                                                 "the server)"))
+                code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE))
         finally:
             window.release()
 
@@ -127,10 +128,6 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             input_dtype="uint8", variant=card.quantization.get("primary", ""),
             sha256=card.files["model.tflite"]["sha256"], cam_methods=list(METHODS),
             cam_head=card.model.get("cam", {}).get("head", ""))
-
-    def _classify(self, request, context) -> pb.ClassifyResponse:
-        result, top_k = self.inference.finish(self._submit(request, context))
-        return _response(result, top_k, request.request_id or uuid.uuid4().hex)
 
     def _submit(self, request, context, in_stream: bool = False):
         kind = request.WhichOneof("input")
