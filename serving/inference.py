@@ -1,7 +1,7 @@
 """The serving data path, top to bottom: model → decode → batch → interpreter → CAM → result.
 
 Both APIs (``service.py`` for Sightline's own, ``oip.py`` for the Open Inference Protocol) call
-``Inference.run``; nothing here knows about gRPC messages. One request:
+``Inference.submit`` then ``finish``; nothing here knows about gRPC messages. One request:
 
 1. pick the servable (name, version or label) and hold it, so a reload cannot unload it mid-request;
 2. decode the bytes safely, or check the raw tensor, to the model's (H, W, 3) input;
@@ -144,10 +144,6 @@ class Inference:
         self.batching = batching or BatchingConfig()
         self.limits = limits or DecodeLimits()
         self._lock = threading.Lock()
-
-    def run(self, **request) -> tuple[Result, int]:
-        """One request, start to finish -> (result, top_k resolved); see ``submit``."""
-        return self.finish(self.submit(**request))
 
     def submit(self, *, name: str = "", version: int | None = None, label: str | None = None,
                image: bytes | None = None, tensor: tuple[bytes, list[int], str] | None = None,
@@ -292,7 +288,8 @@ class Inference:
         if not (explain.png or explain.raw):
             raise BadRequest("bad_explain", "an explanation needs png_overlay or raw_map")
 
-    def _decode(self, image, tensor, height, width) -> np.ndarray:
+    def _decode(self, image, tensor, height, width) -> tuple[np.ndarray, int]:
+        """-> ((H, W, 3) model input, width x height of the input as sent)."""
         try:
             if image is not None:
                 return decode(image, height, width, self.limits)

@@ -23,12 +23,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from serving.deferred import LIMIT, DeferredCounter, DeferredHistogram
+from serving.deferred import DeferredCounter, DeferredHistogram
 from serving.pipeline.decode import REASONS as DECODE_REASONS
 
 __all__ = ["GrpcMetricsInterceptor", "ServingMetrics", "SLO_SECONDS"]
 
 NAN = float("nan")
+LIMIT = 50_000  # log entries before a writer folds them itself: bounded memory without scrapes
 SLO_SECONDS = 0.1  # the latency SLO: a bucket boundary in every latency histogram
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, SLO_SECONDS, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
@@ -81,6 +82,7 @@ class ServingMetrics:
         self._requests: deque = deque()  # one tuple per finished request (``request_done``)
         self._rpcs_started: deque = deque()  # labels per started RPC
         self._rpcs: deque = deque()  # (labels, code, seconds, received, sent) per finished RPC
+        self._batches: deque = deque()  # (model, size) per interpreter call
         self._fold_lock = threading.Lock()
         self.batch_size = DeferredHistogram(
             "sightline_batch_size", "Images per interpreter call.", ("model",),
@@ -139,6 +141,12 @@ class ServingMetrics:
             for rows in by_model.values():
                 self._fold_model(rows)
             self._fold_rpcs()
+            batches: dict[str, list[int]] = defaultdict(list)
+            for _ in range(len(self._batches)):
+                model, size = self._batches.popleft()
+                batches[model].append(size)
+            for model, sizes in batches.items():
+                self.batch_size.add_many((model,), sizes)
 
     def _fold_model(self, rows: list[tuple]) -> None:
         model, labels = rows[0][0], rows[0][1]
@@ -206,7 +214,9 @@ class ServingMetrics:
             self.rejected.labels("unknown_model").inc()
 
     def batch(self, model: str, size: int) -> None:
-        self.batch_size.observe((model,), size)
+        self._batches.append((model, size))
+        if len(self._batches) > LIMIT:
+            self.fold()
 
     # -- the model manager's on_event hook ------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Deferred counters and histograms expose exactly what prometheus-client's would."""
+"""Bulk-filled counters and histograms expose exactly what prometheus-client's would, and the
+metrics log they are filled from neither grows without bound nor loses an entry."""
 
 import threading
 
@@ -8,8 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from serving import deferred
+from serving import metrics
 from serving.deferred import DeferredCounter, DeferredHistogram
+from serving.metrics import ServingMetrics
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
 
@@ -40,11 +42,12 @@ def test_same_exposition_as_prometheus_client():
     for i, value in enumerate(values):
         model = "a" if i % 3 else "b"
         histogram.labels(model).observe(value)
-        fast_histogram.observe((model,), float(value))
         counter.labels(model, str(i % 4)).inc()
-        fast_counter.inc((model, str(i % 4)))
-        if i == 100:
-            fast_histogram.fold()  # folding part-way changes nothing
+        fast_counter.add((model, str(i % 4)), 1)
+    for model, rows in (("a", [i for i in range(len(values)) if i % 3]),
+                        ("b", [i for i in range(len(values)) if not i % 3])):
+        fast_histogram.add_many((model,), values[rows][:100])  # in two parts: sums add up
+        fast_histogram.add_many((model,), values[rows][100:])
     got, want = parse(exposition(fast_histogram, fast_counter)), parse(generate_latest(reference))
     assert got.keys() == want.keys()
     for key, value in want.items():  # sums may differ in the last bit: another addition order
@@ -59,27 +62,30 @@ def parse(text: bytes) -> dict:
 
 
 def test_writers_fold_when_nobody_scrapes(monkeypatch):
-    monkeypatch.setattr(deferred, "LIMIT", 10)
-    counter = DeferredCounter("c_total", "doc", ("x",))
+    monkeypatch.setattr(metrics, "LIMIT", 10)
+    log = ServingMetrics()
     for _ in range(25):
-        counter.inc(("a",))
-    assert len(counter._pending) <= 10
+        log.rpc_started(("unary", "s", "m"))
+    counter = log._rpcs_started
+    assert len(counter) <= 10
 
 
 def test_concurrent_writers_lose_nothing():
-    histogram = DeferredHistogram("h", "doc", ("x",), BUCKETS)
+    log = ServingMetrics()
+    histogram = log.grpc_seconds
 
     def write():
         for _ in range(20_000):
-            histogram.observe(("a",), 0.05)
+            log.rpc_finished(("unary", "s", "m"), "OK", 0.05, 1, 1)
 
     threads = [threading.Thread(target=write) for _ in range(4)]
     for thread in threads:
         thread.start()
     for _ in range(20):
-        histogram.fold()  # scrapes racing the writers
+        log.fold()  # scrapes racing the writers
     for thread in threads:
         thread.join()
+    log.fold()
     family = histogram.collect()
-    count = next(s.value for s in family.samples if s.name == "h_count")
+    count = next(s.value for s in family.samples if s.name == "grpc_server_handling_seconds_count")
     assert count == 80_000
