@@ -230,10 +230,20 @@ class Inference:
                 servable.on_unload.append(lambda: batcher.close(drain=True))
         return batcher
 
+    def servable(self, name: str = "", version: int | None = None,
+                 label: str | None = None) -> Servable:
+        """The servable a request names (the default model when ``name`` is empty), for a
+        metadata answer; requests that run hold theirs with ``submit``."""
+        return self._lookup(self.manager.get, name, version, label)
+
     def _acquire(self, name: str, version, label) -> Servable:
-        name = name or self.default_model()
+        return self._lookup(self.manager.acquire, name, version, label)
+
+    def _lookup(self, find, name: str, version, label) -> Servable:
+        if version is not None and label is not None:
+            raise BadRequest("bad_model_spec", "give a model version or a label, not both")
         try:
-            return self.manager.acquire(name, version, label)
+            return find(name or self.default_model(), version, label)
         except ModelNotFound as exc:
             raise UnknownModel("unknown_model", str(exc)) from None
 

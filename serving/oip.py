@@ -16,11 +16,10 @@ from importlib import metadata
 
 import numpy as np
 
-from serving.errors import BadRequest, ServingError, UnknownModel, answer_errors, status_of
+from serving.errors import BadRequest, ServingError, answer_errors
 from serving.inference import Explain, Inference, deadline_after
 from serving.protos_gen.inference import grpc_predict_v2_pb2 as pb
 from serving.protos_gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from serving.repository.manager import ModelNotFound
 
 __all__ = ["InferenceService", "SERVICE_NAME"]
 
@@ -50,11 +49,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name="sightline", version=_version(),
                                          extensions=["classification"])
 
+    @answer_errors
     def ModelMetadata(self, request, context):
-        try:
-            servable = self._servable(request.name, request.version)
-        except ServingError as exc:
-            context.abort(status_of(exc), str(exc))
+        servable = self._servable(request.name, request.version)
         card = servable.card
         h, w, k = card.input.height, card.input.width, card.num_classes
         tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -112,11 +109,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if version and not version.isdigit():
             raise BadRequest("bad_version", f"model_version must be a positive integer; "
                                             f"got {version!r}")
-        try:
-            name = name or self.inference.default_model()
-            return self.inference.manager.get(name, int(version) if version else None)
-        except ModelNotFound as exc:
-            raise UnknownModel("unknown_model", str(exc)) from None
+        return self.inference.servable(name, int(version) if version else None)
 
 
 def _inputs(request, height: int, width: int) -> list[dict]:

@@ -19,7 +19,6 @@ from serving.errors import (
     INTERNAL_MESSAGE,
     BadRequest,
     ServingError,
-    UnknownModel,
     answer_errors,
     status_of,
 )
@@ -27,7 +26,6 @@ from serving.inference import Explain, Inference, Result, deadline_after
 from serving.pipeline.cam import METHODS
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
-from serving.repository.manager import ModelNotFound
 
 __all__ = ["ClassifierService", "SERVICE_NAME"]
 
@@ -109,15 +107,10 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         finally:
             window.release()
 
+    @answer_errors
     def GetModelInfo(self, request, context):
         spec = request.model
-        try:
-            name = spec.name or self.inference.default_model()
-            servable = self.inference.manager.get(name, spec.version or None, spec.label or None)
-        except ServingError as exc:
-            context.abort(status_of(exc), str(exc))
-        except (ModelNotFound, ValueError) as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        servable = self.inference.servable(spec.name, spec.version or None, spec.label or None)
         card = servable.card
         manager = self.inference.manager
         return pb.ModelInfo(
@@ -145,8 +138,6 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         spec = request.model
         if spec.version < 0:
             raise BadRequest("bad_version", f"model version must be positive; got {spec.version}")
-        if spec.version and spec.label:
-            raise UnknownModel("bad_model_spec", "give a model version or a label, not both")
         return self.inference.submit(
             name=spec.name, version=spec.version or None, label=spec.label or None,
             image=request.image if kind == "image" else None, tensor=tensor,
