@@ -92,14 +92,22 @@ dashboards-preview: install
 	$(BIN)/python monitoring/grafana/preview.py --prometheus $(PROMETHEUS_URL) \
 	    --out $(PREVIEW_OUT) --minutes 10
 
-# Prometheus (and Grafana, where installed) against `make serve` on this machine.
+# Prometheus (and Grafana, where installed) against `make serve` on this machine. Grafana gets a
+# copy of the provisioning whose dashboard path points into this checkout, and stops with us.
+GRAFANA_DIR := artifacts/grafana
 monitor-up: system-deps
-	mkdir -p artifacts/prometheus
-	@command -v grafana-server >/dev/null && { \
-	    PROMETHEUS_URL=$(PROMETHEUS_URL) GF_PATHS_PROVISIONING=monitoring/grafana/provisioning \
-	    grafana-server --homepath /usr/share/grafana >artifacts/grafana.log 2>&1 & \
-	    echo "grafana on http://127.0.0.1:3000 (log artifacts/grafana.log)"; } || \
-	    echo "grafana-server not installed: use make dashboards-preview for pictures"
+	mkdir -p artifacts/prometheus $(GRAFANA_DIR)/provisioning/dashboards
+	cp -r monitoring/grafana/provisioning/datasources $(GRAFANA_DIR)/provisioning/
+	sed 's|path: .*|path: $(CURDIR)/monitoring/grafana/dashboards|' \
+	    monitoring/grafana/provisioning/dashboards/sightline.yml \
+	    > $(GRAFANA_DIR)/provisioning/dashboards/sightline.yml
+	@if command -v grafana-server >/dev/null; then \
+	    PROMETHEUS_URL=$(PROMETHEUS_URL) GF_PATHS_PROVISIONING=$(CURDIR)/$(GRAFANA_DIR)/provisioning \
+	    GF_PATHS_DATA=$(CURDIR)/$(GRAFANA_DIR)/data grafana-server --homepath /usr/share/grafana \
+	    > $(GRAFANA_DIR)/grafana.log 2>&1 & grafana=$$!; \
+	    echo "grafana on http://127.0.0.1:3000 (log $(GRAFANA_DIR)/grafana.log)"; \
+	else echo "grafana-server not installed: use make dashboards-preview for pictures"; fi; \
+	trap '[ -n "$$grafana" ] && kill $$grafana' EXIT; \
 	prometheus --config.file=monitoring/prometheus/prometheus.yml \
 	    --storage.tsdb.path=artifacts/prometheus --web.listen-address=127.0.0.1:9090
 
@@ -130,12 +138,15 @@ bench-quantize: install
 	$(BIN)/python benchmarks/cam_parity.py $(ARTIFACT)
 
 # The server under load from separate processes, against the raw interpreter: the main model is
-# the newest CIFAR-10 artifact (make bench-train quantize ARTIFACT=...), the small one $(ARTIFACT).
+# the newest CIFAR-10 artifact (make bench-train quantize ARTIFACT=...), the small one the newest
+# shapes artifact (make train quantize); without one, the "beyond inference" cells are skipped.
 BENCH_MODEL ?= $(lastword $(sort $(wildcard artifacts/cifar10-fast-2*)))
+BENCH_SMALL ?= $(lastword $(sort $(wildcard artifacts/shapes-2*)))
 bench-server: install
 	@test -n "$(BENCH_MODEL)" || { echo "bench-server: no CIFAR-10 artifact: make bench-train,"\
 	    "then make quantize ARTIFACT=artifacts/cifar10-fast-..., or set BENCH_MODEL"; exit 2; }
-	$(BIN)/python benchmarks/bench_server.py --model $(BENCH_MODEL) --small-model $(ARTIFACT)
+	$(BIN)/python benchmarks/bench_server.py --model $(BENCH_MODEL) \
+	    $(if $(BENCH_SMALL),--small-model $(BENCH_SMALL))
 	$(BIN)/python benchmarks/bench_metrics.py --model $(BENCH_MODEL)
 
 bench: bench-quantize bench-server

@@ -260,8 +260,11 @@ class ServerProcess:
     def stop(self) -> dict:
         self._stop_sampling.set()
         self._sampler.join()
-        memory = {"max_sampled_rss_mb": self.max_rss_kb / 1024,
-                  "vm_hwm_mb": status_kb(self.proc.pid, "VmHWM") / 1024}
+        try:
+            peak = status_kb(self.proc.pid, "VmHWM") / 1024
+        except (OSError, KeyError):  # the server already died: keep its own error visible
+            peak = self.max_rss_kb / 1024
+        memory = {"max_sampled_rss_mb": self.max_rss_kb / 1024, "vm_hwm_mb": peak}
         self.proc.terminate()
         try:
             self.proc.wait(timeout=30)

@@ -1,5 +1,5 @@
 """Dashboard pictures from a real run: a Sightline server and a Prometheus on loopback, a few
-minutes of mixed traffic, then ``preview`` draws every dashboard (``make monitor-demo``).
+minutes of mixed traffic, then ``preview`` draws every dashboard (docs/monitoring.md pictures).
 
 Traffic: classify requests on the artifact's own validation images, some with heatmaps, a few
 bad requests, one streamed batch per second, a hot reload half-way through, and in the last

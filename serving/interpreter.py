@@ -51,13 +51,13 @@ class TFLiteModel:
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) pixels -> (N, classes) float32 probabilities."""
-        out = self._runners["classify"](image=self._image(images))
+        out = self._runners["classify"](image=self._image(images, "classify"))
         return self._float(out["probabilities"], "classify", "probabilities")
 
     def cam_inputs(self, images: np.ndarray, class_onehot: np.ndarray | None = None):
         """-> (probabilities (N, K), activations (N, h, w, C), gradients (N, h, w, C) or None)."""
         runner = self._runners["cam_inputs"]
-        inputs = {"image": self._image(images)}
+        inputs = {"image": self._image(images, "cam_inputs")}
         if self.cam_needs_target:
             if class_onehot is None:
                 raise ValueError("this model's cam_inputs needs class_onehot")
@@ -71,8 +71,9 @@ class TFLiteModel:
             None if gradients is None else self._float(gradients, "cam_inputs", "gradients"),
         )
 
-    def _image(self, images: np.ndarray) -> np.ndarray:
-        return self._quantize(np.asarray(images), self._inputs["classify"]["image"])
+    def _image(self, images: np.ndarray, signature: str) -> np.ndarray:
+        """Pixels as this signature's input tensor wants them (each has its own quantization)."""
+        return self._quantize(np.asarray(images), self._inputs[signature]["image"])
 
     @staticmethod
     def _quantize(values: np.ndarray, details: dict) -> np.ndarray:

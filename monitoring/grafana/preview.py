@@ -125,7 +125,8 @@ def preview(prometheus: str, out_dir: Path, *, minutes: float = 10,
         data: dict[int, list[Series]] = {}
         errors: dict[int, list[str]] = {}
         no_data, failed, panels_with_data, panels = [], [], set(), {}
-        for query in panel_expressions(dashboard, resolved):
+        queries = panel_expressions(dashboard, resolved)
+        for query in queries:
             panels[query.panel_id] = query.panel_title
             entry = {"panel_id": query.panel_id, "panel": query.panel_title,
                      "ref_id": query.ref_id, "expr": query.expr}
@@ -148,7 +149,7 @@ def preview(prometheus: str, out_dir: Path, *, minutes: float = 10,
                                subtitle=f"(preview of the last {range_s / 60:g} min, "
                                         f"step {step}s, from {prometheus})")
         report["dashboards"][name] = {
-            "png": str(png), "queries": sum(1 for _ in panel_expressions(dashboard, resolved)),
+            "png": str(png), "queries": len(queries),
             "no_data": no_data, "errors": failed,
             "empty_panels": [title for pid, title in panels.items()
                              if pid not in panels_with_data]}
