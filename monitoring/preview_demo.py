@@ -13,18 +13,15 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
-import yaml
 from PIL import Image
 
+from monitoring import local_prometheus
 from monitoring.grafana.preview import preview
 from serving.config import ServerConfig
 from serving.deploy import deploy
@@ -34,12 +31,6 @@ from serving.server import create_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRAPE = 2  # seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -64,39 +55,18 @@ def run(artifact: Path, seconds: float, out: Path) -> dict:
         model_repository=str(models), host="127.0.0.1", metrics_host="127.0.0.1",
         metrics_port=0, poll_seconds=1.0, drift_min_samples=200), port=0)
     server.start()
-    config = {"global": {"scrape_interval": f"{SCRAPE}s", "evaluation_interval": f"{SCRAPE}s"},
-              "rule_files": [str(p) for p in sorted((ROOT / "monitoring/prometheus/rules")
-                                                    .glob("*.yml"))],
-              "scrape_configs": [{"job_name": "sightline", "static_configs": [
-                  {"targets": [f"127.0.0.1:{server.metrics_port}"]}]}]}
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={work / 'prometheus.yml'}",
-         f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-         "--log.level=warn"])
-    url = f"http://127.0.0.1:{port}"
+    rules = sorted((ROOT / "monitoring/prometheus/rules").glob("*.yml"))
+    prometheus = local_prometheus.start([f"127.0.0.1:{server.metrics_port}"], rules,
+                                        work / "prometheus", scrape_seconds=SCRAPE)
     try:
-        _wait_ready(url)
         images = validation_images(artifact)
         _traffic(server.port, images, seconds, lambda: deploy(artifact, models))
         time.sleep(3 * SCRAPE)
-        return preview(url, out, minutes=seconds / 60 + 0.5, scrape_interval=SCRAPE)
+        return preview(prometheus.url, out, minutes=seconds / 60 + 0.5, scrape_interval=SCRAPE)
     finally:
-        prometheus.terminate()
-        prometheus.wait(timeout=10)
+        prometheus.stop()
         server.stop(grace=2.0)
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _wait_ready(url: str) -> None:
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{url}/-/ready", timeout=1)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("prometheus did not start")
 
 
 def _traffic(port: int, images: list[np.ndarray], seconds: float, reload) -> None:

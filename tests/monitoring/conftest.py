@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -12,16 +11,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
+
+from monitoring import local_prometheus
+from monitoring.local_prometheus import free_port  # noqa: F401 - the tests' one free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "prometheus" / "rules"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Prometheus:
@@ -57,33 +52,10 @@ def start_prometheus(tmp_path):
     started = []
 
     def start(targets: list[str], rule_files=()) -> Prometheus:
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": "sightline",
-                                "static_configs": [{"targets": targets}]}],
-        }
-        path = tmp_path / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config))
-        port = free_port()
-        process = subprocess.Popen(
-            ["prometheus", f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        started.append(process)
-        prometheus = Prometheus(f"http://127.0.0.1:{port}", process)
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            try:
-                with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=1):
-                    return prometheus
-            except OSError:
-                if process.poll() is not None:
-                    raise AssertionError(f"prometheus exited: {process.stderr.read()}") from None
-                time.sleep(0.2)
-        raise AssertionError("prometheus did not become ready in 30 s")
+        local = local_prometheus.start(targets, rule_files, tmp_path / "prometheus")
+        started.append(local)
+        return Prometheus(local.url, local.process)
 
     yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=10)
+    for local in started:
+        local.stop()
