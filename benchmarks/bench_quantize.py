@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from serving.card import load_card  # noqa: E402
 from serving.interpreter import TFLiteModel  # noqa: E402
 from serving.pipeline.cam import get_method, render  # noqa: E402
-from serving.pipeline.explain import activations_and_gradients  # noqa: E402
+from serving.pipeline.explain import activations_and_gradients, load_head_weights  # noqa: E402
 
 BATCHES = (1, 32)
 # Calls per case per round: back-to-back like a busy server worker, so caches are warm.
@@ -57,8 +57,7 @@ def measure(artifact: Path, repeats: int) -> dict:
         raise SystemExit(f"{artifact} is not quantized: run `make quantize` first")
     config = load_config(artifact / "config.yaml")
     images = load_dataset(config.data, config.seed).val_images[: max(BATCHES)]
-    weights_file = card.model["cam"]["head_weights"]
-    weights = np.load(artifact / weights_file, allow_pickle=False) if weights_file else None
+    weights = load_head_weights(artifact, card)
     variants = card.quantization["variants"]
     models = {mode: TFLiteModel(artifact / v["file"], num_threads=1)
               for mode, v in variants.items()}

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from serving.interpreter import TFLiteModel  # noqa: E402
 from serving.pipeline.cam import get_method  # noqa: E402
-from serving.pipeline.explain import activations_and_gradients  # noqa: E402
+from serving.pipeline.explain import activations_and_gradients, load_head_weights  # noqa: E402
 
 
 def reference_maps(model, images, targets) -> np.ndarray:
@@ -51,8 +51,7 @@ def main() -> None:
     reference = reference_maps(_float32_model(artifact.model, artifact.config, artifact.card),
                                images, targets)
     informative = reference.std(axis=(1, 2)) > 0
-    weights_file = artifact.card.model["cam"]["head_weights"]
-    weights = np.load(args.artifact / weights_file, allow_pickle=False) if weights_file else None
+    weights = load_head_weights(args.artifact, artifact.card)
     print(f"{'variant':<8} {'mean r':>8} {'min r':>8} {'max |d|':>8} flat ({informative.sum()} "
           f"informative reference maps of {len(images)})")
     for mode, variant in artifact.card.quantization["variants"].items():

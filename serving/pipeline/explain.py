@@ -10,11 +10,30 @@ Two kinds of model, told apart by the card's ``model.cam.head``:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from serving.interpreter import TFLiteModel
 
-__all__ = ["activations_and_gradients"]
+__all__ = ["activations_and_gradients", "load_head_weights"]
+
+
+def load_head_weights(model_dir: str | Path, card) -> np.ndarray | None:
+    """The (C, K) GAP-head weights a model card names (``model.cam.head_weights``), or None
+    for a head whose gradient is computed in-graph. ValueError names a bad file."""
+    file = card.model.get("cam", {}).get("head_weights")
+    if not file:
+        return None
+    path = Path(model_dir) / file
+    try:
+        weights = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path.name}: {exc}") from None
+    if weights.ndim != 2 or weights.shape[1] != card.num_classes:
+        raise ValueError(f"{path.name} has shape {weights.shape}; expected (channels, "
+                         f"{card.num_classes})")
+    return weights
 
 
 def activations_and_gradients(model: TFLiteModel, images: np.ndarray,

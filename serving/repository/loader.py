@@ -27,6 +27,7 @@ import numpy as np
 
 from serving.card import CardError, ModelCard, load_card
 from serving.interpreter import TFLiteModel
+from serving.pipeline.explain import load_head_weights
 from serving.repository.servable import Servable
 
 __all__ = ["MODEL_FILE", "LoadError", "file_sha256", "load_servable"]
@@ -74,7 +75,10 @@ def load_servable(name: str, version: int, path: str | Path, *,
     except Exception as exc:  # LiteRT raises ValueError or RuntimeError for a bad file
         raise LoadError(f"cannot open {MODEL_FILE}: {exc}") from exc
     _check_model(model, card)
-    head_weights = _load_head(path / head_file, card) if head_file else None
+    try:
+        head_weights = load_head_weights(path, card)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from None
     warmup_seconds = _warm_up(model, card, warmup_batch_sizes)
     return Servable(name, version, card, path, model=model,
                     model_factory=lambda: open_model(model_path),
@@ -102,17 +106,6 @@ def _check_model(model: Any, card: ModelCard) -> None:
     if tuple(model.input_shape) != expected:
         raise LoadError(f"model takes {tuple(model.input_shape)} (height, width, channels) "
                         f"images but the card says {expected}")
-
-
-def _load_head(path: Path, card: ModelCard) -> np.ndarray:
-    try:
-        weights = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise LoadError(f"cannot read {path.name}: {exc}") from None
-    if weights.ndim != 2 or weights.shape[1] != card.num_classes:
-        raise LoadError(f"{path.name} has shape {weights.shape}; expected (channels, "
-                        f"{card.num_classes})")
-    return weights
 
 
 def _warm_up(model: Any, card: ModelCard, batch_sizes: Sequence[int]) -> float:

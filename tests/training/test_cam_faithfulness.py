@@ -34,7 +34,7 @@ from serving.pipeline.cam.metrics import (
     peaks,
     pointing_game,
 )
-from serving.pipeline.explain import activations_and_gradients
+from serving.pipeline.explain import activations_and_gradients, load_head_weights
 from training import models
 from training.config import load_config
 from training.data import load_dataset
@@ -121,9 +121,7 @@ def setup(tmp_path_factory):
 def heatmaps(artifact, file, images, targets, methods=tuple(METHODS), upsample=True):
     """{method: (N, H, W) maps} from one served model for the given targets, as the server
     makes them: upsampled to the image, or (N, h, w) at the feature map's size."""
-    card = load_card(artifact)
-    head = card.model["cam"]["head_weights"]
-    weights = np.load(artifact / head, allow_pickle=False) if head else None
+    weights = load_head_weights(artifact, load_card(artifact))
     _, activations, gradients, _ = activations_and_gradients(
         TFLiteModel(artifact / file), images, targets, weights)
     maps = {name: get_method(name)(activations, gradients) for name in methods}

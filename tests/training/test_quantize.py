@@ -9,7 +9,7 @@ import tensorflow as tf
 from serving.card import load_card
 from serving.interpreter import TFLiteModel
 from serving.pipeline.cam import get_method
-from serving.pipeline.explain import activations_and_gradients
+from serving.pipeline.explain import activations_and_gradients, load_head_weights
 from training.config import load_config
 from training.data import load_dataset
 from training.quantize import QuantizationGateError, quantize_artifact
@@ -70,9 +70,7 @@ def reference_cam_inputs(artifact, images, targets):
 
 
 def tflite_cam_inputs(artifact, file, images, targets):
-    card = load_card(artifact)
-    head = card.model["cam"]["head_weights"]
-    weights = np.load(artifact / head, allow_pickle=False) if head else None
+    weights = load_head_weights(artifact, load_card(artifact))
     _, activations, gradients, _ = activations_and_gradients(
         TFLiteModel(artifact / file), images, targets, weights)
     return activations, gradients

@@ -154,10 +154,9 @@ def _cam_inputs(artifact_dir: Path, card: ModelCard, model, images, targets):
     cam = card.model.get("cam")
     if tflite.is_file() and cam:
         from serving.interpreter import TFLiteModel
-        from serving.pipeline.explain import activations_and_gradients
+        from serving.pipeline.explain import activations_and_gradients, load_head_weights
 
-        head = cam["head_weights"]
-        weights = np.load(artifact_dir / head, allow_pickle=False) if head else None
+        weights = load_head_weights(artifact_dir, card)
         _, activations, gradients, _ = activations_and_gradients(
             TFLiteModel(tflite), images, targets, weights)
         primary = card.quantization["primary"]
