@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from serving.interpreter import TFLiteModel  # noqa: E402
 from serving.pipeline.cam import get_method  # noqa: E402
+from serving.pipeline.cam.metrics import map_correlation  # noqa: E402
 from serving.pipeline.explain import activations_and_gradients, load_head_weights  # noqa: E402
 
 
@@ -59,8 +60,7 @@ def main() -> None:
         _, activations, gradients, _ = activations_and_gradients(model, images, targets, weights)
         served = get_method("gradcam")(activations, gradients)[informative]
         flat = served.std(axis=(1, 2)) == 0
-        r = np.array([np.corrcoef(a.ravel(), b.ravel())[0, 1]
-                      for a, b in zip(served[~flat], reference[informative][~flat], strict=True)])
+        r = map_correlation(served[~flat], reference[informative][~flat])
         error = np.abs(served - reference[informative]).max()
         print(f"{mode:<8} {r.mean():>8.5f} {r.min():>8.5f} {error:>8.2e} {flat.sum()}")
 

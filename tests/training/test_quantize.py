@@ -9,6 +9,7 @@ import tensorflow as tf
 from serving.card import load_card
 from serving.interpreter import TFLiteModel
 from serving.pipeline.cam import get_method
+from serving.pipeline.cam.metrics import map_correlation
 from serving.pipeline.explain import activations_and_gradients, load_head_weights
 from training.config import load_config
 from training.data import load_dataset
@@ -77,7 +78,7 @@ def tflite_cam_inputs(artifact, file, images, targets):
 
 
 def correlations(a, b):
-    return np.array([np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, b, strict=True)])
+    return map_correlation(a, b)
 
 
 def served_and_reference_heatmaps(artifact, file):
