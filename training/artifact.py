@@ -6,12 +6,15 @@ config, so the split matches training exactly, because the seed is the same.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from serving.card import ModelCard, load_card
 from training.config import Config, load_config
 from training.errors import UserError
+
+log = logging.getLogger("sightline.training")
 
 __all__ = ["Artifact", "load_artifact"]
 
@@ -35,11 +38,15 @@ def load_artifact(path: str | Path) -> Artifact:
         raise UserError(f"{path} is not a training artifact (no model.keras)")
     card = load_card(path)
     config = load_config(path / "config.yaml")
+    dataset = load_dataset(config.data, config.seed)
+    if dataset.fingerprint() != card.dataset.get("fingerprint"):  # evaluate, quantize, report
+        log.warning("the dataset changed since training (fingerprint differs): what is "
+                    "measured now describes today's data, not the model's")
     return Artifact(
         path=path,
         card=card,
         config=config,
-        dataset=load_dataset(config.data, config.seed),
+        dataset=dataset,
         model=keras.models.load_model(path / "model.keras", compile=False),
     )
 

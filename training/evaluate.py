@@ -7,7 +7,6 @@ variant (Keras now; TFLite interpreters in the quantization step).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,6 @@ import numpy as np
 from serving.card import save_card
 
 __all__ = ["classification_metrics", "evaluate_artifact", "format_metrics", "predict"]
-
-log = logging.getLogger("sightline.training")
-
 
 def predict(model, images: np.ndarray, batch_size: int, tta_flip: bool = False) -> np.ndarray:
     """(N, H, W, 3) raw pixels -> (N, classes) probabilities; with ``tta_flip``, the mean over
@@ -76,9 +72,6 @@ def evaluate_artifact(artifact_dir: str | Path, tta_flip: bool | None = None) ->
 
     artifact = load_artifact(artifact_dir)
     card, config, dataset = artifact.card, artifact.config, artifact.dataset
-    if dataset.fingerprint() != card.dataset.get("fingerprint"):
-        log.warning("the dataset changed since training (fingerprint differs); "
-                    "metrics describe today's data")
     tta = config.eval.tta_flip if tta_flip is None else tta_flip
     probabilities = predict(artifact.model, dataset.val_images, config.batch_size, tta)
     metrics = classification_metrics(dataset.val_labels, probabilities, dataset.class_names)
