@@ -12,18 +12,39 @@ from pathlib import Path
 
 import grpc
 
-__all__ = ["BearerTokenInterceptor", "read_tokens"]
+from serving.config import ConfigError
+
+__all__ = ["BearerTokenInterceptor", "read_tokens", "token_matches"]
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def read_tokens(path: str | Path) -> list[bytes]:
-    """One token per line; blank lines and lines starting with # are skipped."""
-    lines = Path(path).read_text().splitlines()
-    tokens = [line.strip().encode() for line in lines if line.strip() and not line.startswith("#")]
+    """One token per line, surrounding whitespace ignored; blank lines and comment lines (``#``
+    after any indentation) are skipped. A token is printable ASCII without spaces, as gRPC
+    metadata and HTTP headers carry it: any other line could never match, so it is an error."""
+    tokens = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if not (token.isascii() and token.isprintable()) or " " in token or "\t" in token:
+            raise ConfigError(f"token file {path}, line {number}: a token is printable ASCII "
+                             "without spaces")
+        tokens.append(token.encode())
     if not tokens:
-        raise ValueError(f"token file {path} holds no token")
+        raise ConfigError(f"token file {path} holds no token")
     return tokens
+
+
+def token_matches(header: str, tokens: list[bytes]) -> bool:
+    """Whether an ``authorization`` value is ``Bearer <one of tokens>``, compared against every
+    token without stopping early, so timing reveals nothing."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    token_bytes = token.strip().encode("utf-8", "replace")
+    return sum(hmac.compare_digest(token_bytes, t) for t in tokens) > 0
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
@@ -36,19 +57,11 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if self._allowed(metadata.get("authorization", "")):
+        if token_matches(metadata.get("authorization", ""), self._tokens):
             return handler
         if self._on_refused is not None:
             self._on_refused()
         return _refusal(handler)
-
-    def _allowed(self, header: str) -> bool:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        token_bytes = token.strip().encode()
-        # Compare against every token, without stopping early, so timing reveals nothing.
-        return sum(hmac.compare_digest(token_bytes, t) for t in self._tokens) > 0
 
 
 def _refusal(handler):

@@ -8,7 +8,6 @@ environment (``SIGHTLINE_<FIELD>``, e.g. ``SIGHTLINE_PORT=9000``), then command-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, fields
@@ -19,6 +18,7 @@ __all__ = ["ConfigError", "ServerConfig", "load_config"]
 
 ENV_PREFIX = "SIGHTLINE_"
 MiB = 1024 * 1024
+MESSAGE_ROOM = 4096  # bytes a request needs besides its image
 
 
 class ConfigError(ValueError):
@@ -34,11 +34,15 @@ class ServerConfig:
     keep_versions: int = 1  # versions served under "latest"
     versions: str = ""  # comma-separated, for "specific"
     poll_seconds: float = 2.0  # how often the repository is scanned for new versions
-    default_model: str = ""  # requests that name no model; empty: the only (or first) model
+    default_model: str = ""  # requests that name no model; empty: the only model
 
     host: str = "[::]"
     port: int = 8500
-    grpc_threads: int = 128  # handler threads: the most concurrent unary requests in flight
+    # Handler threads (docs/limits.md): unary calls past grpc_threads in flight and streams past
+    # max_streams open get RESOURCE_EXHAUSTED at once; health checks keep threads of their own.
+    grpc_threads: int = 128  # the most unary calls in flight
+    max_streams: int = 32  # the most streaming calls open (ClassifyStream, reflection)
+    stream_idle_seconds: float = 30.0  # a ClassifyStream with nothing sent or owed is closed
 
     # Dynamic batching, per model version.
     max_batch_size: int = 32
@@ -48,9 +52,12 @@ class ServerConfig:
     workers: int = 0  # interpreter threads per version; 0: one per CPU core
     interpreter_threads: int = 1  # LiteRT threads per interpreter
 
-    # Input limits.
-    max_message_bytes: int = 16 * MiB  # gRPC receive and send limit
+    # Input limits. An image over max_image_bytes gets its own too_large answer (in a stream,
+    # only its response); a message over max_message_bytes is refused by gRPC itself, which
+    # ends a stream. So the message limit leaves room for an image past its limit.
+    max_message_bytes: int = 17 * MiB  # gRPC receive and send limit
     max_image_bytes: int = 16 * MiB
+    max_request_images: int = 64  # images in one OIP ModelInfer (capped at max_queue_size)
     max_image_pixels: int = 40_000_000  # decoded width x height (decompression bombs)
 
     # Connections: Kubernetes spreads load only when connections are recycled.
@@ -68,9 +75,11 @@ class ServerConfig:
     auth_token_file: str = ""  # set: requests need "authorization: Bearer <token>"
 
     # Metrics: Prometheus text on http://<metrics_host>:<metrics_port>/metrics; -1 turns metrics
-    # off entirely (nothing is counted).
+    # off entirely (nothing is counted). With auth_token_file set, /metrics needs a token too
+    # unless metrics_auth is false (a warning says so at start).
     metrics_port: int = 8502
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = ""  # empty: the gRPC host
+    metrics_auth: bool = True
     low_confidence: float = 0.5  # top-1 probability under this counts as a low-confidence answer
     drift_window: int = 1000  # requests per model in the sliding drift window
     drift_min_samples: int = 500  # below this, drift reads 0 (sampling noise is ~0.1 PSI at 100)
@@ -86,12 +95,18 @@ class ServerConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
-        positive = ("port", "grpc_threads", "max_batch_size", "max_queue_size",
-                    "max_message_bytes", "max_image_bytes", "max_image_pixels", "keep_versions",
+        positive = ("port", "grpc_threads", "max_streams", "stream_idle_seconds",
+                    "max_batch_size", "max_queue_size", "max_message_bytes", "max_image_bytes",
+                    "max_request_images", "max_image_pixels", "keep_versions",
                     "interpreter_threads", "drift_window", "drift_min_samples")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.max_message_bytes < self.max_image_bytes + MESSAGE_ROOM:
+            raise ConfigError(
+                f"max_message_bytes ({self.max_message_bytes}) must exceed max_image_bytes "
+                f"({self.max_image_bytes}) by at least {MESSAGE_ROOM}, so that an image over "
+                "its limit gets a too_large answer instead of ending a stream")
         if self.metrics_port < -1:
             raise ConfigError(f"metrics_port must be a port, 0 (any) or -1 (off); got "
                               f"{self.metrics_port}")
@@ -103,6 +118,17 @@ class ServerConfig:
     @property
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+    @property
+    def request_image_limit(self) -> int:
+        """Images one request may carry: never more than the queue holds, or a retry on an idle
+        server could never succeed."""
+        return min(self.max_request_images, self.max_queue_size)
+
+    @property
+    def metrics_address(self) -> str:
+        """Where /metrics listens: metrics_host, else the gRPC host without its brackets."""
+        return self.metrics_host or self.host.strip("[]")
 
 
 def _convert(name: str, kind: type, value: Any) -> Any:
@@ -164,6 +190,3 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} must hold a mapping of settings; got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
-
-def as_dict(config: ServerConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)

@@ -1,17 +1,11 @@
-"""One error tree for the serving path, and the one table that maps it to gRPC status codes.
+"""One error tree for the serving path; it knows nothing of gRPC (``serving.status`` maps it).
 
 Every failure a client can cause or meet is a ``ServingError`` with a ``reason`` (a short label
-from a fixed set, safe as a metric label) and a message that names the problem. Handlers catch
-``ServingError`` once, at the edge, and send ``STATUS[type(error)]`` with the message; anything
-else is a bug and becomes INTERNAL with a log line (never a leaked traceback).
+from a fixed set, safe as a metric label) and a message that names the problem. A message may
+repeat what the client sent only through ``shown``, which clips it.
 """
 
 from __future__ import annotations
-
-import functools
-import logging
-
-import grpc
 
 __all__ = [
     "BadRequest",
@@ -22,11 +16,21 @@ __all__ = [
     "ServingError",
     "UnknownModel",
     "Unauthenticated",
-    "answer_errors",
-    "status_of",
+    "shown",
 ]
 
 INTERNAL_MESSAGE = "internal error (logged by the server)"
+SHOWN_CHARS = 48  # the most of a client's string an error message repeats
+
+
+def shown(value) -> str:
+    """A client-supplied value as an error message may repeat it: repr, clipped. A message that
+    echoed a 10 MB name would exceed gRPC's metadata limit, and the client would see a transport
+    error instead of the real one."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters in all)"
 
 
 class ServingError(Exception):
@@ -61,35 +65,3 @@ class ModelUnavailable(ServingError):
 
 class Unauthenticated(ServingError):
     """A missing or wrong bearer token."""
-
-
-STATUS: dict[type[ServingError], grpc.StatusCode] = {
-    BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    UnknownModel: grpc.StatusCode.NOT_FOUND,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Cancelled: grpc.StatusCode.CANCELLED,
-    ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-}
-
-
-def status_of(error: ServingError) -> grpc.StatusCode:
-    return STATUS[type(error)]
-
-
-def answer_errors(handler):
-    """Decorate a unary servicer method: a ServingError leaves with its status and message;
-    anything else is a bug, logged here, and the client learns no more than INTERNAL."""
-
-    @functools.wraps(handler)
-    def answered(self, request, context):
-        try:
-            return handler(self, request, context)
-        except ServingError as exc:
-            context.abort(status_of(exc), str(exc))
-        except Exception:
-            logging.getLogger("sightline.service").exception("%s failed", handler.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-
-    return answered

@@ -36,6 +36,7 @@ from serving.errors import (
     Overloaded,
     ServingError,
     UnknownModel,
+    shown,
 )
 from serving.pipeline.cam import METHODS, get_method, render
 from serving.pipeline.decode import DecodeLimits, InputError, decode, tensor_to_input
@@ -46,9 +47,10 @@ from serving.repository.manager import ModelManager, ModelNotFound
 from serving.repository.servable import Servable
 
 __all__ = ["BatchingConfig", "Explain", "Heatmap", "Inference", "Pending", "Result", "Timing",
-           "deadline_after"]
+           "deadline_after", "MAX_ID_CHARS"]
 
 DEFAULT_TOP_K = 5
+MAX_ID_CHARS = 128  # request ids, model names and labels: longer ones are refused, not echoed
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,10 @@ class Inference:
     def _lookup(self, find, name: str, version, label) -> Servable:
         if version is not None and label is not None:
             raise BadRequest("bad_model_spec", "give a model version or a label, not both")
+        for what, value in (("model name", name), ("label", label or "")):
+            if len(value) > MAX_ID_CHARS:
+                raise BadRequest("bad_model_spec", f"the {what} is {len(value):,} characters; "
+                                                   f"at most {MAX_ID_CHARS}")
         try:
             return find(name or self.default_model(), version, label)
         except ModelNotFound as exc:
@@ -290,7 +296,7 @@ class Inference:
     @staticmethod
     def _check_explain(explain: Explain, classes: int) -> None:
         if explain.method not in METHODS:
-            raise BadRequest("unknown_cam_method", f"unknown CAM method {explain.method!r}; "
+            raise BadRequest("unknown_cam_method", f"unknown CAM method {shown(explain.method)}; "
                                                    f"known: {', '.join(METHODS)}")
         if explain.target is not None and not 0 <= explain.target < classes:
             raise BadRequest("bad_target_class", f"target_class must be between 0 and "

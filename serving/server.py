@@ -22,21 +22,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image
-from prometheus_client import (
-    CollectorRegistry,
-    GCCollector,
-    PlatformCollector,
-    ProcessCollector,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from serving import oip, service
+from serving.admission import Admission, pool_size
 from serving.auth import BearerTokenInterceptor, read_tokens
 from serving.config import ConfigError, ServerConfig, load_config
 from serving.inference import BatchingConfig, Inference
 from serving.interpreter import TFLiteModel
 from serving.logs import setup_logging
 from serving.metrics import GrpcMetricsInterceptor, ServingMetrics
+from serving.metrics_http import MetricsServer
 from serving.pipeline.decode import DecodeLimits
 from serving.repository.loader import LoadError
 from serving.repository.manager import ModelManager
@@ -64,16 +60,15 @@ class Server:
     source: DirectorySource | None = None
     metrics: ServingMetrics | None = None
     metrics_port: int | None = None  # the bound metrics port, when metrics are on
-    _metrics_http: object = None
+    admission: Admission | None = None
+    tokens: list[bytes] | None = None  # bearer tokens, when auth is on
+    _metrics_http: MetricsServer | None = None
     _stop_polling: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         if self.metrics is not None:
-            self._metrics_http, _ = start_http_server(
-                self.config.metrics_port, addr=self.config.metrics_host,
-                registry=self.metrics.registry)
-            self.metrics_port = self._metrics_http.server_port
+            self._start_metrics_http()
         self.grpc_server.start()
         if self.source is not None:
             self._poll()
@@ -81,6 +76,20 @@ class Server:
                              daemon=True).start()
         self.update_health()
         log.info("serving on port %d: models %s", self.port, self.manager.models())
+
+    def _start_metrics_http(self) -> None:
+        config = self.config
+        tokens = self.tokens if config.metrics_auth else None
+        self._metrics_http = MetricsServer(config.metrics_address, config.metrics_port,
+                                           self.metrics.registry, tokens=tokens)
+        self._metrics_http.start()
+        self.metrics_port = self._metrics_http.port
+        url = f"http://{config.metrics_address}:{self.metrics_port}/metrics"
+        if self.tokens is not None and tokens is None:
+            log.warning("metrics on %s answer without a token although gRPC needs one "
+                        "(metrics_auth is false)", url)
+        else:
+            log.info("metrics on %s (%s)", url, "bearer token" if tokens else "no token")
 
     def _poll(self) -> None:
         try:
@@ -111,7 +120,7 @@ class Server:
         self.grpc_server.stop(grace).wait()
         self.manager.close(timeout=grace)
         if self._metrics_http is not None:
-            self._metrics_http.shutdown()
+            self._metrics_http.stop()
         self._stopped.set()
         log.info("stopped")
 
@@ -154,22 +163,27 @@ def create_server(config: ServerConfig, port: int | None = None,
     if metrics is not None:
         metrics.watch(manager, drift_of=lambda name: _drift(manager, name))
 
+    tokens = read_tokens(config.auth_token_file) if config.auth_token_file else None
+    admission = Admission(config.grpc_threads, config.max_streams, on_refused=None if metrics
+                          is None else lambda kind: metrics.rejected_request("busy", "Busy"))
     grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.grpc_threads,
+        futures.ThreadPoolExecutor(max_workers=pool_size(config.grpc_threads, config.max_streams),
                                    thread_name_prefix="grpc"),
-        # Metrics innermost: it wraps each method's handler once, which is only right behind
-        # interceptors that decide per call (auth); auth counts its own refusals.
-        interceptors=[*_interceptors(config, metrics),
+        # Auth first: it decides per call, and its refusals hold no slot. Admission and
+        # metrics wrap each method's handler once, which is only right behind interceptors
+        # that decide per call; each interceptor that refuses counts its own refusals.
+        interceptors=[*_interceptors(tokens, metrics), admission,
                       *([GrpcMetricsInterceptor(metrics)] if metrics else [])],
         options=_options(config),
         compression=COMPRESSION[config.compression],
         maximum_concurrent_rpcs=None,
     )
     service_pb = service.pb_grpc
-    service_pb.add_ImageClassifierServicer_to_server(service.ClassifierService(inference),
-                                                     grpc_server)
-    oip.pb_grpc.add_GRPCInferenceServiceServicer_to_server(oip.InferenceService(inference),
-                                                           grpc_server)
+    service_pb.add_ImageClassifierServicer_to_server(
+        service.ClassifierService(inference, idle_seconds=config.stream_idle_seconds),
+        grpc_server)
+    oip.pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        oip.InferenceService(inference, max_images=config.request_image_limit), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     for name in SERVICES:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -178,7 +192,7 @@ def create_server(config: ServerConfig, port: int | None = None,
     address = f"{config.host}:{config.port if port is None else port}"
     bound = _bind(grpc_server, address, config)
     return Server(config, grpc_server, bound, inference, manager, health_servicer, source,
-                  metrics)
+                  metrics, admission=admission, tokens=tokens)
 
 
 def _drift(manager: ModelManager, name: str) -> dict | None:
@@ -213,13 +227,13 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-def _interceptors(config: ServerConfig, metrics: ServingMetrics | None
+def _interceptors(tokens: list[bytes] | None, metrics: ServingMetrics | None
                   ) -> list[grpc.ServerInterceptor]:
-    if not config.auth_token_file:
+    if tokens is None:
         return []
     refused = None if metrics is None else (
         lambda: metrics.rejected_request("unauthenticated", "Unauthenticated"))
-    return [BearerTokenInterceptor(read_tokens(config.auth_token_file), on_refused=refused)]
+    return [BearerTokenInterceptor(tokens, on_refused=refused)]
 
 
 def _bind(grpc_server: grpc.Server, address: str, config: ServerConfig) -> int:

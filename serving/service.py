@@ -1,8 +1,8 @@
 """``sightline.classifier.v1.ImageClassifier``: Classify, ClassifyStream and GetModelInfo.
 
-Translates messages to ``Inference.run`` calls and results back; every ``ServingError`` leaves
-with its status code (``serving.errors``) and a message naming the problem. In a stream a bad
-request gets an error response of its own and the stream goes on.
+Translates messages to ``Inference.submit`` / ``finish`` calls and results back; every
+``ServingError`` leaves with its status code (``serving.status``) and a message naming the
+problem. In a stream a bad request gets an error response of its own and the stream goes on.
 """
 
 from __future__ import annotations
@@ -15,17 +15,12 @@ import uuid
 
 import grpc
 
-from serving.errors import (
-    INTERNAL_MESSAGE,
-    BadRequest,
-    ServingError,
-    answer_errors,
-    status_of,
-)
-from serving.inference import Explain, Inference, Result, deadline_after
+from serving.errors import INTERNAL_MESSAGE, BadRequest, ServingError
+from serving.inference import MAX_ID_CHARS, Explain, Inference, Result, deadline_after
 from serving.pipeline.cam import METHODS
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
+from serving.status import answer_errors, status_of
 
 __all__ = ["ClassifierService", "SERVICE_NAME"]
 
@@ -34,9 +29,11 @@ log = logging.getLogger("sightline.service")
 
 
 class ClassifierService(pb_grpc.ImageClassifierServicer):
-    def __init__(self, inference: Inference, stream_window: int = 64):
+    def __init__(self, inference: Inference, stream_window: int = 64,
+                 idle_seconds: float = 30.0):
         self.inference = inference
         self.stream_window = stream_window  # requests of one stream in flight at once
+        self.idle_seconds = idle_seconds  # stream_idle_seconds
 
     @answer_errors
     def Classify(self, request, context):
@@ -46,42 +43,54 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
     def ClassifyStream(self, request_iterator, context):
         """A reader thread decodes and queues each request as it arrives (up to stream_window
         in flight), so one stream fills batches; responses leave in completion order. Every
-        request yields exactly one response, an error response included."""
-        done: queue.SimpleQueue = queue.SimpleQueue()
-        window = threading.BoundedSemaphore(self.stream_window)
+        request yields exactly one response, an error response included. A stream with no
+        request in flight and none arriving for ``idle_seconds`` is closed, so idle clients
+        cannot keep handler threads (DEADLINE_EXCEEDED, naming the limit)."""
+        stream = _StreamState(self.stream_window)
 
         def read():
-            count = 0
             try:
                 for request in request_iterator:
-                    window.acquire()
-                    count += 1
+                    stream.window.acquire()
+                    if not stream.received():
+                        break  # closed as idle while this request was on its way
                     try:
                         pending = self._submit(request, context, in_stream=True)
                     except ServingError as exc:
-                        done.put((request, exc))
+                        stream.done.put((request, exc))
                         continue
                     except Exception:  # a bug: answer this request, keep the stream going
                         log.exception("ClassifyStream request failed")
-                        done.put((request, ServingError("internal", INTERNAL_MESSAGE)))
+                        stream.done.put((request, ServingError("internal", INTERNAL_MESSAGE)))
                         continue
                     pending.future.add_done_callback(
-                        lambda _, r=request, p=pending: done.put((r, p)))
-            except Exception:  # noqa: BLE001 - the client hung up mid-stream
+                        lambda _, r=request, p=pending: stream.done.put((r, p)))
+            except Exception:  # noqa: BLE001 - the client hung up, or gRPC ended the call
                 log.debug("stream reader stopped", exc_info=True)
-            done.put((None, count))  # end of input: how many responses are owed in all
+                stream.input_error = _ended_by(context)
+            stream.done.put((None, None))  # end of input
 
         threading.Thread(target=read, name="stream-reader", daemon=True).start()
-        answered = [0, None]  # responses built, responses owed (known once the input ended)
 
         def answers():
-            while answered[1] is None or answered[0] < answered[1]:
-                request, item = done.get()
-                if request is None:
-                    answered[1] = item
+            while not (stream.input_ended and stream.owed() == 0):
+                try:
+                    request, item = stream.done.get(timeout=self.idle_seconds)
+                except queue.Empty:
+                    if stream.close_if_idle():
+                        context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
+                        context.set_details(f"stream idle for {self.idle_seconds:g}s with no "
+                                            "request in flight; closed by the server "
+                                            "(stream_idle_seconds)")
+                        return
                     continue
-                answered[0] += 1
-                yield self._stream_response(request, item, window)
+                if request is None:
+                    stream.input_ended = True
+                    continue
+                stream.answered += 1
+                yield self._stream_response(request, item, stream.window)
+            if stream.input_error is not None:
+                context.set_code(stream.input_error)  # gRPC ended the call: not an OK stream
 
         pending = answers()
         try:
@@ -98,12 +107,10 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             result, top_k = self.inference.finish(item)
             return _response(result, top_k, request.request_id or uuid.uuid4().hex)
         except ServingError as exc:
-            return pb.ClassifyResponse(request_id=request.request_id, error=pb.Error(
-                code=_code(exc).value[0], message=str(exc)))
+            return _error_response(request, status_of(exc), str(exc))
         except Exception:  # a bug in finishing: answer this request, keep the stream going
             log.exception("ClassifyStream request failed")
-            return pb.ClassifyResponse(request_id=request.request_id, error=pb.Error(
-                code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE))
+            return _error_response(request, grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
         finally:
             window.release()
 
@@ -123,6 +130,9 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             cam_head=card.model.get("cam", {}).get("head", ""))
 
     def _submit(self, request, context, in_stream: bool = False):
+        if len(request.request_id) > MAX_ID_CHARS:
+            raise BadRequest("bad_request_id", f"request_id is {len(request.request_id):,} "
+                                               f"characters; at most {MAX_ID_CHARS}")
         kind = request.WhichOneof("input")
         tensor = None
         if kind == "tensor":
@@ -147,9 +157,45 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             on_cancel=None if in_stream else context.add_callback)
 
 
-def _code(error: ServingError) -> grpc.StatusCode:
-    """The error's status; INTERNAL for the bare ServingError a bug is wrapped in."""
-    return grpc.StatusCode.INTERNAL if type(error) is ServingError else status_of(error)
+class _StreamState:
+    """One ClassifyStream's bookkeeping, shared by its reader thread and its writer."""
+
+    def __init__(self, window: int):
+        self.window = threading.BoundedSemaphore(window)  # requests in flight at once
+        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (request, outcome); (None, None): end
+        self.answered = 0  # written by the writer only
+        self.input_ended = False
+        self.input_error: grpc.StatusCode | None = None
+        self._received = 0
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def received(self) -> bool:
+        """Count a request that arrived; False once the stream was closed as idle."""
+        with self._lock:
+            if not self._closed:
+                self._received += 1
+            return not self._closed
+
+    def owed(self) -> int:
+        with self._lock:
+            return self._received - self.answered
+
+    def close_if_idle(self) -> bool:
+        with self._lock:
+            self._closed = self._received == self.answered
+            return self._closed
+
+
+def _ended_by(context) -> grpc.StatusCode | None:
+    """The status of a call gRPC ended under the handler: an oversized message, or a reset."""
+    return None if context.is_active() else grpc.StatusCode.CANCELLED
+
+
+def _error_response(request, code: grpc.StatusCode, message: str) -> pb.ClassifyResponse:
+    """A stream's answer to one failed request; an over-long id is refused, so not echoed."""
+    return pb.ClassifyResponse(request_id=request.request_id[:MAX_ID_CHARS],
+                               error=pb.Error(code=code.value[0], message=message))
 
 
 def _response(result: Result, top_k: int, request_id: str) -> pb.ClassifyResponse:

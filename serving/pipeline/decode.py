@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from serving.errors import shown
 from serving.pipeline.preprocess import to_model_input
 
 __all__ = [
@@ -214,12 +215,13 @@ def tensor_to_input(
     """
     if dtype not in TENSOR_DTYPES:
         accepted = " or ".join(TENSOR_DTYPES)
-        raise InputError("bad_tensor_dtype", f"dtype {dtype!r} is not accepted; send {accepted}")
+        raise InputError("bad_tensor_dtype", f"dtype {shown(dtype)} is not accepted; send "
+                                             f"{accepted}")
     expected = [height, width, 3]
     if list(shape) not in (expected, [1, *expected]):
         raise InputError(
             "bad_tensor_shape",
-            f"expected shape {expected} or {[1, *expected]} (RGB), got {list(shape)}",
+            f"expected shape {expected} or {[1, *expected]} (RGB), got {shown(list(shape))}",
         )
     itemsize = TENSOR_DTYPES[dtype].itemsize
     if len(data) != height * width * 3 * itemsize:

@@ -46,6 +46,27 @@ def start_server(tmp_path):
         server.stop(grace=1.0)
 
 
+SHARED_LIMITS = {"max_image_bytes": 512 * 1024, "max_message_bytes": 1024 * 1024}
+
+
+@pytest.fixture(scope="module")
+def shared_server(deployable, tmp_path_factory):
+    """One server for a module's many small requests: 1 MiB messages, 512 KiB images."""
+    models = tmp_path_factory.mktemp("shared") / "models"
+    deploy(deployable("gap"), models)
+    server = create_server(ServerConfig(model_repository=str(models), host="127.0.0.1",
+                                        workers=1, metrics_port=-1, **SHARED_LIMITS), port=0)
+    server.start()
+    yield server
+    server.stop(grace=1.0)
+
+
+@pytest.fixture(scope="module")
+def shared_channel(shared_server):
+    with grpc.insecure_channel(f"127.0.0.1:{shared_server.port}") as channel:
+        yield channel
+
+
 @pytest.fixture
 def server(repository, start_server):
     return start_server(repository)
@@ -72,12 +93,17 @@ def classify_request(**fields) -> pb.ClassifyRequest:
     return pb.ClassifyRequest(**fields)
 
 
+MAX_ERROR_CHARS = 400  # an error message stays short whatever the client sent
+
+
 @contextlib.contextmanager
 def expect_error(code: grpc.StatusCode, phrase: str):
     with pytest.raises(grpc.RpcError) as caught:
         yield caught
-    assert caught.value.code() == code, caught.value.details()
-    assert phrase.lower() in caught.value.details().lower(), caught.value.details()
+    details = caught.value.details() or ""
+    assert caught.value.code() == code, details
+    assert phrase.lower() in details.lower(), details
+    assert len(details) <= MAX_ERROR_CHARS, details[:MAX_ERROR_CHARS]
 
 
 def with_settings(server, **settings) -> ServerConfig:

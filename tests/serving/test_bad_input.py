@@ -1,5 +1,8 @@
-"""Bad requests, through a real server: each gets the right status and a message naming the
-problem, and the server keeps serving (the next good request works)."""
+"""Bad requests to Classify, through a real server: each gets the right status and a short
+message naming the problem, and the server keeps serving (the next good request works).
+
+CASES is the field audit of ClassifyRequest (docs/limits.md): every field has a case for each
+class it can fail in — range, datatype fit, strict parsing, length. A new field gets its rows."""
 
 import io
 
@@ -10,7 +13,14 @@ from PIL import Image
 
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
-from tests.serving.conftest import MODEL, classify_request, expect_error, image_bytes
+from tests.serving.conftest import (
+    MAX_ERROR_CHARS,
+    MODEL,
+    SHARED_LIMITS,
+    classify_request,
+    expect_error,
+    image_bytes,
+)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -40,12 +50,16 @@ def explain(**fields):
 
 
 JPEG = encoded(np.full((40, 40, 3), 128, np.uint8), "JPEG")
+LONG = "x" * 200_000  # a client string far past every length limit and gRPC's metadata limit
+OVER_IMAGE_LIMIT = b"\xff\xd8\xff" + b"\0" * SHARED_LIMITS["max_image_bytes"]  # under the message
 PNG = image_bytes()
 GRAY = np.zeros((40, 40), np.uint8)
 
 CASES = {
     # encoded bytes
     "empty bytes": (dict(image=b""), INVALID, "empty"),
+    "image over max_image_bytes": (dict(image=OVER_IMAGE_LIMIT), INVALID,
+                                   "bytes; the limit is 524,288"),
     "one byte": (dict(image=b"\xff"), INVALID, "image"),
     "garbage": (dict(image=bytes(range(256)) * 4), INVALID, "image"),
     "text": (dict(image=b"hello, this is not an image at all"), INVALID, "image"),
@@ -74,6 +88,17 @@ CASES = {
     "tensor dtype int64": (dict(tensor=tensor([32, 32, 3], "int64")), INVALID, "int64"),
     "tensor dtype bogus": (dict(tensor=pb.Tensor(shape=[32, 32, 3], dtype="bogus",
                                                   data=b"\0" * 3072)), INVALID, "bogus"),
+    "tensor dtype long": (dict(tensor=pb.Tensor(shape=[32, 32, 3], dtype=LONG,
+                                                 data=b"\0" * 3072)), INVALID, "characters in all"),
+    "tensor dtype upper case": (dict(tensor=pb.Tensor(shape=[32, 32, 3], dtype="UINT8",
+                                                       data=b"\0" * 3072)), INVALID, "'UINT8'"),
+    "tensor shape of 100,000 dims": (dict(tensor=pb.Tensor(shape=[1] * 100_000, dtype="uint8",
+                                                            data=b"\0" * 3072)), INVALID,
+                                     "characters in all"),
+    "tensor negative dims": (dict(tensor=pb.Tensor(shape=[-32, -32, 3], dtype="uint8",
+                                                    data=b"\0" * 3072)), INVALID, "shape"),
+    "tensor huge dims": (dict(tensor=pb.Tensor(shape=[2**62, 2**62, 3], dtype="uint8",
+                                                data=b"")), INVALID, "shape"),
     "tensor NaN": (dict(tensor=tensor([32, 32, 3], "float32", fill=np.nan)), INVALID, "NaN"),
     "tensor Inf": (dict(tensor=tensor([32, 32, 3], "float32", fill=np.inf)), INVALID, "inf"),
     "tensor negative": (dict(tensor=tensor([32, 32, 3], "float32", fill=-1.0)), INVALID,
@@ -86,6 +111,8 @@ CASES = {
     "top_k too large": (dict(top_k=7), INVALID, "got 7"),
     "unknown CAM method": (dict(explain=explain(method="smoothgrad")), INVALID,
                            "unknown CAM method 'smoothgrad'"),
+    "CAM method long": (dict(explain=explain(method=LONG)), INVALID, "characters in all"),
+    "CAM method case": (dict(explain=explain(method="GradCAM")), INVALID, "'GradCAM'"),
     "target class too large": (dict(explain=explain(target_class=6)), INVALID,
                                "target_class must be between 0 and 5; got 6"),
     "target class negative": (dict(explain=explain(target_class=-1)), INVALID, "got -1"),
@@ -97,46 +124,56 @@ CASES = {
                       "no label 'stable'"),
     "negative version": (dict(model=pb.ModelSpec(name=MODEL, version=-2)), INVALID,
                          "version must be positive"),
+    "version and label": (dict(model=pb.ModelSpec(name=MODEL, version=1, label="stable")),
+                          INVALID, "a model version or a label, not both"),
+    "model name long": (dict(model=pb.ModelSpec(name=LONG)), INVALID,
+                        "the model name is 200,000 characters; at most 128"),
+    "label long": (dict(model=pb.ModelSpec(name=MODEL, label=LONG)), INVALID,
+                   "the label is 200,000 characters; at most 128"),
+    "request_id long": (dict(request_id=LONG), INVALID, "request_id is 200,000 characters"),
 }
 
 
-@pytest.fixture(scope="module")
-def shared_server(deployable, tmp_path_factory):
-    from serving.config import ServerConfig
-    from serving.deploy import deploy
-    from serving.server import create_server
-
-    models = tmp_path_factory.mktemp("bad-input") / "models"
-    deploy(deployable("gap"), models)
-    server = create_server(ServerConfig(model_repository=str(models), host="127.0.0.1",
-                                        workers=1, max_message_bytes=1024 * 1024,
-                                        metrics_port=-1), port=0)
-    server.start()
-    yield server
-    server.stop(grace=1.0)
+def with_input(case: str, fields: dict) -> dict:
+    """A case's fields, with a good image where the case is not about the input."""
+    if "image" in fields or "tensor" in fields or case == "no input at all":
+        return fields
+    return {"image": image_bytes(), **fields}
 
 
 @pytest.fixture(scope="module")
-def shared_stub(shared_server):
-    with grpc.insecure_channel(f"127.0.0.1:{shared_server.port}") as channel:
-        yield pb_grpc.ImageClassifierStub(channel)
+def shared_stub(shared_channel):
+    return pb_grpc.ImageClassifierStub(shared_channel)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_request_gets_a_clear_error_and_the_server_keeps_serving(shared_stub, case):
     fields, code, phrase = CASES[case]
-    if "image" not in fields and "tensor" not in fields and case != "no input at all":
-        fields = {"image": image_bytes(), **fields}
     with expect_error(code, phrase):
-        shared_stub.Classify(pb.ClassifyRequest(**fields), timeout=20)
+        shared_stub.Classify(pb.ClassifyRequest(**with_input(case, fields)), timeout=20)
     assert shared_stub.Classify(classify_request(), timeout=20).classes
 
 
 def test_an_oversized_message_is_refused_by_grpc(shared_stub):
-    huge = b"\0" * (1024 * 1024 + 1)  # over this server's 1 MiB limit
-    with expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"):
+    huge = b"\0" * (SHARED_LIMITS["max_message_bytes"] + 1)
+    with pytest.raises(grpc.RpcError) as caught:
         shared_stub.Classify(pb.ClassifyRequest(image=huge), timeout=20)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in caught.value.details()
     assert shared_stub.Classify(classify_request(), timeout=20).classes
+
+
+def test_an_image_over_its_limit_ends_only_its_own_response_in_a_stream(shared_stub):
+    """max_image_bytes sits under max_message_bytes, so the server's own too_large answer is
+    reachable: the requests after it are still answered."""
+    requests = [classify_request(request_id="before"),
+                classify_request(request_id="big", image=OVER_IMAGE_LIMIT),
+                classify_request(request_id="after")]
+    responses = {r.request_id: r for r in shared_stub.ClassifyStream(iter(requests), timeout=30)}
+    assert set(responses) == {"before", "big", "after"}
+    assert responses["big"].error.code == INVALID.value[0]
+    assert "the limit is 524,288" in responses["big"].error.message
+    assert responses["before"].classes and responses["after"].classes
 
 
 def test_an_animated_gif_is_classified_by_its_first_frame(shared_stub):
@@ -166,13 +203,14 @@ def test_odd_image_modes_are_served(shared_stub, mode):
 
 
 def test_stream_of_bad_requests_answers_each_with_its_error(shared_stub):
-    requests = [pb.ClassifyRequest(request_id=name, **{"image": image_bytes(), **fields})
-                if "image" not in fields and "tensor" not in fields and name != "no input at all"
-                else pb.ClassifyRequest(request_id=name, **fields)
+    ids = {name: fields.get("request_id", name) for name, (fields, _, _) in CASES.items()}
+    requests = [pb.ClassifyRequest(**{"request_id": ids[name], **with_input(name, fields)})
                 for name, (fields, _, _) in CASES.items()]
     responses = {r.request_id: r for r in shared_stub.ClassifyStream(iter(requests), timeout=60)}
-    assert set(responses) == set(CASES)
+    # an over-long request_id is refused, so its response echoes only the first 128 characters
+    assert set(responses) == {i[:128] for i in ids.values()}
     for name, (_, code, phrase) in CASES.items():
-        error = responses[name].error
+        error = responses[ids[name][:128]].error
         assert error.code == code.value[0], (name, error)
         assert phrase.lower() in error.message.lower(), (name, error.message)
+        assert len(error.message) <= MAX_ERROR_CHARS, (name, error.message[:MAX_ERROR_CHARS])

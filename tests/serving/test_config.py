@@ -27,6 +27,10 @@ def test_precedence_defaults_file_environment_flags(tmp_path):
     ([], {"SIGHTLINE_VERSION_POLICY": "newest"}, "version_policy must be one of"),
     (["--tls-cert", "a.crt"], {}, "tls_cert and tls_key go together"),
     (["--tls-client-ca", "ca.crt"], {}, "mutual TLS"),
+    (["--max-image-bytes", "1048576", "--max-message-bytes", "1048576"], {},
+     "must exceed max_image_bytes"),
+    (["--max-streams", "0"], {}, "max_streams must be positive"),
+    (["--stream-idle-seconds", "0"], {}, "stream_idle_seconds must be positive"),
 ])
 def test_bad_settings_are_refused_by_name(argv, env, message):
     with pytest.raises(ConfigError, match=message):
@@ -38,6 +42,25 @@ def test_unknown_file_keys_are_refused(tmp_path):
     file.write_text(json.dumps({"prot": 1}))
     with pytest.raises(ConfigError, match="unknown setting 'prot'"):
         load_config(["--config", str(file)], {})
+
+
+def test_the_default_image_limit_is_reachable_under_the_message_limit():
+    config = ServerConfig()
+    assert config.max_image_bytes < config.max_message_bytes
+
+
+def test_a_request_never_carries_more_images_than_the_queue_holds():
+    assert ServerConfig().request_image_limit == 64
+    assert ServerConfig(max_queue_size=16).request_image_limit == 16
+    assert ServerConfig(max_request_images=8).request_image_limit == 8
+
+
+@pytest.mark.parametrize(("host", "metrics_host", "address"), [
+    ("127.0.0.1", "", "127.0.0.1"), ("[::]", "", "::"), ("[::1]", "", "::1"),
+    ("0.0.0.0", "", "0.0.0.0"), ("127.0.0.1", "0.0.0.0", "0.0.0.0"),
+])
+def test_metrics_listen_where_the_server_does_unless_told(host, metrics_host, address):
+    assert ServerConfig(host=host, metrics_host=metrics_host).metrics_address == address
 
 
 def test_worker_count_defaults_to_the_cores():

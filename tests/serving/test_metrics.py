@@ -3,6 +3,8 @@ and for bounded cardinality under fuzzed input."""
 
 import shutil
 import subprocess
+import threading
+import time
 import urllib.request
 
 import grpc
@@ -10,12 +12,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
 from tests.serving.conftest import MODEL, classify_request, image_bytes
 
 
-def scrape(server) -> str:
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
+def scrape(server, token: str | None = None) -> str:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.metrics_port}/metrics")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
         return response.read().decode()
 
 
@@ -106,3 +111,32 @@ def test_fuzzed_names_and_metadata_do_not_grow_the_series(server, stub):
     # Only a bounded set may appear (NOT_FOUND codes, unknown_model rejections): never per name.
     assert after - before <= 10, after - before
     assert after < 1500
+
+
+def test_a_stream_ended_by_an_oversized_message_is_not_counted_ok(repository, start_server):
+    """gRPC refuses a message over max_message_bytes and ends the stream under the handler;
+    the handler used to return normally, and the stream was counted as grpc_code="OK"."""
+    server = start_server(repository, max_image_bytes=256 * 1024, max_message_bytes=512 * 1024)
+    answered = threading.Event()
+
+    def requests():  # the oversized one only once the first is answered: nothing is in flight
+        yield classify_request()
+        answered.wait(10)
+        yield pb.ClassifyRequest(image=b"\0" * (600 * 1024))
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ImageClassifierStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            for response in stub.ClassifyStream(requests(), timeout=10):
+                assert response.classes
+                answered.set()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    labels = dict(grpc_type="bidi_stream", grpc_service="sightline.classifier.v1.ImageClassifier",
+                  grpc_method="ClassifyStream")
+    for _ in range(50):  # the handler finishes just after the client saw the status
+        found = samples(scrape(server))
+        if value(found, "grpc_server_handled_total", grpc_code="CANCELLED", **labels):
+            break
+        time.sleep(0.1)
+    assert value(found, "grpc_server_handled_total", grpc_code="CANCELLED", **labels) == 1
+    assert value(found, "grpc_server_handled_total", grpc_code="OK", **labels) == 0

@@ -68,11 +68,13 @@ def test_mutual_tls_needs_a_client_certificate(repository, start_server, pki):
 
 def test_bearer_token(repository, start_server, tmp_path):
     tokens = tmp_path / "tokens"
-    tokens.write_text("# one per line\nsecret-one\nsecret-two\n")
+    tokens.write_text("# one per line\n  # an indented comment is a comment\nsecret-one\n"
+                      "\tsecret-two  \n")
     server = start_server(repository, auth_token_file=str(tokens))
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ImageClassifierStub(channel)
-        for header in [None, "Bearer wrong", "secret-one", "Basic secret-one", "Bearer "]:
+        for header in [None, "Bearer wrong", "secret-one", "Basic secret-one", "Bearer ",
+                       "Bearer # an indented comment is a comment"]:
             metadata = [("authorization", header)] if header is not None else None
             with expect_error(grpc.StatusCode.UNAUTHENTICATED, "bearer token"):
                 stub.Classify(classify_request(), timeout=5, metadata=metadata)
@@ -85,9 +87,9 @@ def test_bearer_token(repository, start_server, tmp_path):
             list(stream)
         from tests.serving.test_metrics import samples, scrape, value
 
-        refused = value(samples(scrape(server)), "sightline_requests_rejected_total",
-                        reason="unauthenticated")
-        assert refused == 6  # five unary calls and one stream
+        refused = value(samples(scrape(server, token="secret-two")),
+                        "sightline_requests_rejected_total", reason="unauthenticated")
+        assert refused == 7  # six unary calls and one stream
         health = health_pb2_grpc.HealthStub(channel)  # exempt: probes carry no secret
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
             health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,58 @@
+"""The one table from ``serving.errors`` to gRPC status codes, and the decorator that applies it.
+
+Handlers catch ``ServingError`` once, at the edge, and send ``STATUS[type(error)]`` with the
+message; anything else is a bug and becomes INTERNAL with a log line (never a leaked traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+
+from serving.errors import (
+    INTERNAL_MESSAGE,
+    BadRequest,
+    Cancelled,
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    ServingError,
+    Unauthenticated,
+    UnknownModel,
+)
+
+__all__ = ["STATUS", "answer_errors", "status_of"]
+
+STATUS: dict[type[ServingError], grpc.StatusCode] = {
+    BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownModel: grpc.StatusCode.NOT_FOUND,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+}
+
+
+def status_of(error: ServingError) -> grpc.StatusCode:
+    """The error's status; INTERNAL for the bare ServingError a bug is wrapped in."""
+    return STATUS.get(type(error), grpc.StatusCode.INTERNAL)
+
+
+def answer_errors(handler):
+    """Decorate a unary servicer method: a ServingError leaves with its status and message;
+    anything else is a bug, logged here, and the client learns no more than INTERNAL."""
+
+    @functools.wraps(handler)
+    def answered(self, request, context):
+        try:
+            return handler(self, request, context)
+        except ServingError as exc:
+            context.abort(status_of(exc), str(exc))
+        except Exception:
+            logging.getLogger("sightline.service").exception("%s failed", handler.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    return answered
