@@ -6,8 +6,10 @@ ARTIFACT defaults to the newest deployable artifact under ``--artifacts``: ``lat
 card says ``deployable: true``, else the deployable card with the newest ``created_at``. The
 primary ``model.tflite``, the CAM head weights the card names and ``card.json`` (its ``name`` and
 ``version`` set) are staged in ``<models>/<name>/.tmp-<version>-<random>/``, fsynced, checked
-against the card's sha256s and renamed to ``<models>/<name>/<version>/``: the rename is atomic,
-so a polling server never sees half a version. ``--label`` then points a label at it by
+against the card's sha256s, and proven: the staged version is loaded exactly as the server loads
+it, with LiteRT running both signatures once, so a version that would not load is never
+published. Then it is renamed to ``<models>/<name>/<version>/``: the rename is atomic, so a
+polling server never sees half a version. ``--label`` then points a label at it by
 replacing ``labels.json`` atomically. Errors are one line on stderr and exit status 2.
 """
 
@@ -24,7 +26,8 @@ import sys
 from pathlib import Path
 
 from serving.card import CARD_FILE, CardError, ModelCard, load_card, save_card
-from serving.repository.loader import MODEL_FILE, file_sha256
+from serving.interpreter import TFLiteModel
+from serving.repository.loader import MODEL_FILE, LoadError, file_sha256, load_servable
 from serving.repository.source import LABELS_FILE, read_labels, version_dirs
 
 __all__ = ["DeployError", "deploy", "main", "newest_deployable", "set_label"]
@@ -79,6 +82,7 @@ def deploy(artifact: Path, models: Path, name: str | None = None,
         save_card(dataclasses.replace(card, name=name, version=version), staging)
         for file in [*files, CARD_FILE, "."]:
             _fsync(staging / file)
+        _prove(name, version, staging, artifact)
         target = model_dir / str(version)
         try:
             os.rename(staging, target)  # fails if another deploy published this version first
@@ -90,6 +94,15 @@ def deploy(artifact: Path, models: Path, name: str | None = None,
     if label:
         set_label(model_dir, label, version)
     return target
+
+
+def _prove(name: str, version: int, staging: Path, artifact: Path) -> None:
+    """Load the staged version as the server would (checks, LiteRT open, both signatures run
+    once); a card's sha256s can match a model that does not load."""
+    try:
+        load_servable(name, version, staging, open_model=TFLiteModel).unload()
+    except LoadError as exc:
+        raise DeployError(f"{artifact} would not load, so nothing was published: {exc}") from None
 
 
 def set_label(model_dir: Path, label: str, version: int) -> None:

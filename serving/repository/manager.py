@@ -9,8 +9,9 @@ Guarantees:
   with one attribute assignment, so a request sees either the old or the new set, never a mix.
 - Availability is preserved: new versions load (and warm up) before the snapshot swaps, and old
   ones are unloaded only after it. A version that fails to load is logged, counted and reported
-  as ``load_failed``; a label aimed at it stays on its previous version; and if no aspired version
-  of a model loads, the versions already served stay served.
+  as ``load_failed``; a label aimed at it stays on its previous version; if no aspired version
+  of a model loads, the versions already served stay served; and if none is served either (a
+  cold start), the newest fallback version that loads is served instead.
 - A servable held through ``handle`` is not unloaded until released: retired servables are
   drained (up to ``drain_timeout`` seconds) and unloaded in a background thread, so
   ``set_aspired`` waits for loads but never for slow requests. ``wait_for_unloads`` joins them.
@@ -143,8 +144,11 @@ class ModelManager:
     # -- writers: the source, the server at start and stop -----------------------------------
 
     def set_aspired(self, name: str, versions: Mapping[int, str | Path],
-                    labels: Mapping[str, int] | None = None) -> None:
-        """Serve exactly ``versions`` ({version: directory}) of ``name``, with ``labels``.
+                    labels: Mapping[str, int] | None = None,
+                    fallbacks: Mapping[int, str | Path] | None = None) -> None:
+        """Serve exactly ``versions`` ({version: directory}) of ``name``, with ``labels``; when
+        none of them loads and nothing of ``name`` is served, the first of ``fallbacks`` (newest
+        first) that loads.
 
         Blocks while new versions load; returns once the new snapshot is live.
         """
@@ -160,6 +164,8 @@ class ModelManager:
                 logger.warning("no aspired version of %s loaded; still serving versions %s",
                                name, sorted(old))
                 ready = dict(old)
+            if versions and not ready:
+                ready = self._load_fallback(name, sorted(versions), fallbacks or {})
             new_labels = {}
             for label, version in (labels or {}).items():
                 previous = old_labels.get(label)
@@ -222,6 +228,18 @@ class ModelManager:
         self._emit("loaded", name, version,
                    {"seconds": seconds, "warmup_seconds": servable.warmup_seconds})
         return servable
+
+    def _load_fallback(self, name: str, failed: list[int],
+                       fallbacks: Mapping[int, str | Path]) -> dict[int, Servable]:
+        """The newest fallback version that loads, as {version: servable}; {} if none does."""
+        for version, path in fallbacks.items():
+            with contextlib.suppress(LoadError):
+                servable = self._load(name, int(version), Path(path))
+                logger.warning("no aspired version of %s loaded (%s); serving version %d, the "
+                               "newest that does", name, failed, servable.version)
+                return {servable.version: servable}
+        logger.error("no version of %s loads; it is not served", name)
+        return {}
 
     def _publish(self, name: str, versions: dict[int, Servable], labels: dict[str, int]) -> None:
         models = dict(self._snapshot.models)

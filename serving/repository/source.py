@@ -5,8 +5,11 @@ an optional ``<base>/<name>/labels.json`` such as ``{"stable": 3, "canary": 4}``
 with "." or "_" are skipped: ``serving.deploy`` stages a version as ``.tmp-...`` and renames it,
 so a version directory appears whole or not at all.
 
-Per model, the aspired versions are what the version policy selects plus every labelled version.
-``poll`` sends the manager the full aspired set of each model whose set changed (a model whose
+Per model, the aspired versions are what the version policy selects plus every labelled version;
+the other versions on disk, newest first, are its fallbacks: the manager loads the newest of them
+that works when no aspired version loads and none is served (a restart with a broken newest
+version serves the previous one). ``poll`` sends the manager the full aspired set of each model
+whose set changed (a model whose
 directory vanished gets an empty set, which unloads it); ``run`` polls until ``stop`` is set.
 A version that failed to load is retried only when the aspired set changes: versions are
 immutable, so the fix is to deploy a new one.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -31,14 +34,15 @@ logger = logging.getLogger("sightline.repository")
 
 
 class _Target(Protocol):  # ModelManager, or a fake in tests
-    def set_aspired(self, name: str, versions: dict[int, Path],
-                    labels: dict[str, int]) -> None: ...
+    def set_aspired(self, name: str, versions: dict[int, Path], labels: dict[str, int],
+                    fallbacks: dict[int, Path]) -> None: ...
 
 
 @dataclass(frozen=True)
 class Aspired:
     versions: dict[int, Path]  # version -> directory
     labels: dict[str, int]
+    fallbacks: dict[int, Path] = field(default_factory=dict)  # newest first
 
 
 _NOTHING = Aspired({}, {})
@@ -85,7 +89,9 @@ class DirectorySource:
                 labels = self._sent.get(model_dir.name, _NOTHING).labels
                 logger.warning("ignoring %s (keeping %s): %s", LABELS_FILE, labels, exc)
             chosen = self.policy.select(on_disk) | (set(labels.values()) & on_disk.keys())
-            models[model_dir.name] = Aspired({v: on_disk[v] for v in sorted(chosen)}, labels)
+            fallbacks = {v: on_disk[v] for v in sorted(on_disk.keys() - chosen, reverse=True)}
+            models[model_dir.name] = Aspired({v: on_disk[v] for v in sorted(chosen)}, labels,
+                                             fallbacks)
         return models
 
     def poll(self, manager: _Target) -> list[str]:
@@ -96,7 +102,8 @@ class DirectorySource:
         changed = [name for name, aspired in found.items()
                    if self._sent.get(name, _NOTHING) != aspired]
         for name in changed:
-            manager.set_aspired(name, found[name].versions, found[name].labels)
+            aspired = found[name]
+            manager.set_aspired(name, aspired.versions, aspired.labels, aspired.fallbacks)
             self._sent[name] = found[name]
         self._sent = {name: aspired for name, aspired in self._sent.items()
                       if aspired != _NOTHING}

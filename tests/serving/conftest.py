@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
+import shutil
 
 import grpc
 import numpy as np
@@ -108,3 +111,17 @@ def expect_error(code: grpc.StatusCode, phrase: str):
 
 def with_settings(server, **settings) -> ServerConfig:
     return dataclasses.replace(server.config, **settings)
+
+
+def broken_copy(artifact, tmp_path):
+    """A copy of a real artifact whose model.tflite is cut in half, its card's sha256 updated
+    to match: every check short of loading the model passes."""
+    broken = tmp_path / "broken"
+    shutil.copytree(artifact, broken)
+    model = broken / "model.tflite"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    card = json.loads((broken / "card.json").read_text())
+    card["files"]["model.tflite"]["sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
+    (broken / "card.json").write_text(json.dumps(card))
+    return broken
+

@@ -7,8 +7,16 @@ from serving import deploy as deploy_module
 from serving.card import load_card
 from serving.deploy import DeployError, deploy, main, newest_deployable
 from serving.repository.loader import load_servable
+from tests.serving.conftest import broken_copy
 
 from .repository.fakes import FakeModel, model_bytes, write_artifact
+
+
+@pytest.fixture(autouse=True)
+def fake_interpreter(monkeypatch):
+    """The fake artifacts' models are not TFLite: deploy proves them with the fake model.
+    test_a_model_that_would_not_load_is_never_published proves a real one."""
+    monkeypatch.setattr(deploy_module, "TFLiteModel", FakeModel)
 
 
 @pytest.fixture
@@ -124,3 +132,15 @@ def test_refuses_when_nothing_is_deployable(tmp_path, capsys):
     assert "no deployable artifact under" in capsys.readouterr().err
     with pytest.raises(DeployError, match="no deployable artifact"):
         newest_deployable(tmp_path / "artifacts")
+
+
+def test_a_model_that_would_not_load_is_never_published(deployable, tmp_path, monkeypatch,
+                                                        capsys):
+    monkeypatch.undo()  # the real LiteRT interpreter
+    models = tmp_path / "models"
+    deploy(deployable("gap"), models)
+    broken = broken_copy(deployable("gap"), tmp_path)
+    assert main([str(broken), "--models", str(models)]) == 2
+    error = capsys.readouterr().err
+    assert "would not load, so nothing was published" in error and "model.tflite" in error
+    assert sorted(os.listdir(models / "gap")) == ["1"]  # no version 2, no staging left

@@ -1,6 +1,7 @@
 """The server's lifecycle on loopback: health, hot reload under load, a rejected version,
 deadlines and load shedding, SIGTERM drain, and that the serve extra needs no TensorFlow."""
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,13 @@ from monitoring.local_prometheus import free_port
 from serving.deploy import deploy
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import ROOT
-from tests.serving.conftest import MODEL, classify_request, expect_error, image_bytes
+from tests.serving.conftest import (
+    MODEL,
+    broken_copy,
+    classify_request,
+    expect_error,
+    image_bytes,
+)
 from tests.serving.test_service import wait_for_version
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -94,6 +101,31 @@ def test_a_tampered_version_is_rejected_and_the_old_one_keeps_serving(server, st
     assert "sha256 mismatch" in caplog.text
     assert stub.Classify(classify_request(), timeout=10).model_version == 1
     assert server.manager.models() == {MODEL: [1]}
+
+
+def test_a_restart_with_a_broken_newest_version_serves_the_previous_one(
+        deployable, tmp_path, start_server):
+    """The defect: good v1 and v2, a broken v3 (truncated model, matching sha256) on disk; a
+    restarted server served nothing. Now it serves v2, and the failure is counted."""
+    from tests.serving.test_metrics import samples, scrape, value
+
+    models = tmp_path / "models"
+    for _ in range(2):
+        deploy(deployable("gap"), models)
+    broken = broken_copy(deployable("gap"), tmp_path)
+    card = json.loads((broken / "card.json").read_text())
+    (broken / "card.json").write_text(json.dumps({**card, "version": 3}))
+    broken.rename(models / MODEL / "3")  # as a deploy without the load proof left it
+    server = start_server(models, poll_seconds=0.2)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        assert health_of(channel) == SERVING
+        response = pb_grpc.ImageClassifierStub(channel).Classify(classify_request(), timeout=10)
+        assert response.model_version == 2
+        time.sleep(0.5)  # later scans neither retry v3 nor drop v2
+        assert server.manager.models() == {MODEL: [2]}
+    found = samples(scrape(server))
+    assert value(found, "sightline_model_loads_total", model=MODEL, result="failure") == 1
+    assert value(found, "sightline_model_loaded", model=MODEL) == 1
 
 
 def test_queue_full_is_refused_at_once(repository, start_server):

@@ -107,6 +107,29 @@ def test_tampered_version_is_rejected_and_the_old_one_keeps_serving(tmp_path, ca
     assert manager.wait_for_unloads(5) and not manager.get("pets").unloaded
 
 
+def test_a_cold_start_with_a_broken_newest_version_serves_the_newest_that_loads(caplog):
+    """The defect: a restart with a broken newest version on disk served nothing at all."""
+    events = Events()
+    manager = ModelManager(loader=functools.partial(memory_loader, fail={3, 4, 6}),
+                           on_event=events)
+    with caplog.at_level(logging.WARNING, logger="sightline.repository"):
+        manager.set_aspired("pets", versions(4), {}, fallbacks=versions(3, 2, 1))
+    assert manager.models() == {"pets": [2]}
+    assert events.kinds() == [("load_failed", 4), ("load_failed", 3), ("loaded", 2)]
+    assert manager.load_failures == {"pets": 2}
+    assert "serving version 2, the newest that does" in caplog.text
+    manager.set_aspired("pets", versions(5), {}, fallbacks=versions(4, 3, 2, 1))
+    assert manager.models() == {"pets": [5]}  # a good new version replaces the fallback
+    manager.set_aspired("pets", versions(6), {}, fallbacks=versions(5, 4, 3, 2, 1))
+    assert manager.models() == {"pets": [5]}  # hot: what is served keeps serving
+
+
+def test_when_no_version_loads_nothing_is_served(caplog):
+    manager = ModelManager(loader=functools.partial(memory_loader, fail={1, 2}))
+    manager.set_aspired("pets", versions(2), {}, fallbacks=versions(1))
+    assert not manager.ready() and "no version of pets loads" in caplog.text
+
+
 def test_a_label_aimed_at_a_failed_version_stays_on_its_old_version(caplog):
     manager = ModelManager(loader=functools.partial(memory_loader, fail={3}))
     manager.set_aspired("pets", versions(1, 2), {"stable": 1, "canary": 2})

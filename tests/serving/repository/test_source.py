@@ -40,8 +40,9 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def set_aspired(self, name, versions, labels):
+    def set_aspired(self, name, versions, labels, fallbacks=None):
         self.calls.append((name, sorted(versions), dict(labels)))
+        self.fallbacks = list(fallbacks or {})
 
 
 def test_scan_skips_staging_hidden_and_non_version_dirs(tmp_path):
@@ -103,13 +104,22 @@ def test_read_labels_rejects(tmp_path, text, match):
         read_labels(tmp_path)
 
 
+def test_the_versions_not_chosen_are_fallbacks_newest_first(tmp_path):
+    for version in (1, 2, 3, 4):
+        write_version(tmp_path, "pets", version)
+    (tmp_path / "pets" / "labels.json").write_text('{"stable": 2}')
+    manager = Recorder()
+    DirectorySource(tmp_path).poll(manager)
+    assert manager.calls == [("pets", [2, 4], {"stable": 2})] and manager.fallbacks == [3, 1]
+
+
 def test_run_polls_until_stopped_and_survives_errors(tmp_path, caplog):
     write_version(tmp_path, "pets", 1)
     stop, polled = threading.Event(), threading.Event()
 
     class Flaky(Recorder):
-        def set_aspired(self, name, versions, labels):
-            super().set_aspired(name, versions, labels)
+        def set_aspired(self, name, versions, labels, fallbacks=None):
+            super().set_aspired(name, versions, labels, fallbacks)
             if len(self.calls) == 1:
                 raise RuntimeError("boom")
             polled.set()
