@@ -78,6 +78,7 @@ serve: install
 demo: train evaluate quantize report deploy
 	rm -rf $(DEMO_OUT) && $(BIN)/python -m training samples $(ARTIFACT) --out $(DEMO_OUT)/images
 	$(BIN)/python -m serving --model-repository $(MODELS) --port $(PORT) --host 127.0.0.1 \
+	    --drain-seconds 0 \
 	    > $(DEMO_OUT)/server.log 2>&1 & echo $$! > $(DEMO_OUT)/server.pid; \
 	status=0; \
 	$(BIN)/sightline-classify $(DEMO_OUT)/images/*.png --target 127.0.0.1:$(PORT) --top-k 3 \

@@ -261,7 +261,8 @@ def main() -> None:
 
     images, _ = model_inputs(args.model, args.format)
     base = [sys.executable, "-m", "serving", "--model-dir", str(args.model), "--host",
-            "127.0.0.1", "--metrics-host", "127.0.0.1", *shlex.split(args.server_args)]
+            "127.0.0.1", "--metrics-host", "127.0.0.1", "--drain-seconds", "0",
+            *shlex.split(args.server_args)]
     # --control (A/A): both servers run with metrics off, to measure the comparison's own noise.
     commands = {"on": [*base, "--metrics-port", "-1" if args.control else "0"],
                 "off": [*base, "--metrics-port", "-1"]}

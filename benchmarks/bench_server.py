@@ -618,7 +618,7 @@ def main() -> None:
 
     def serve(path: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "serving", "--model-dir", str(path),
-                "--host", "127.0.0.1", *server_extra, *extra]
+                "--host", "127.0.0.1", "--drain-seconds", "0", *server_extra, *extra]
 
     echo = [sys.executable, str(LOADGEN), "--serve-echo"]
     model_requests = serialized_requests(inputs["model"][0])

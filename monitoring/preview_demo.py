@@ -65,7 +65,7 @@ def run(artifact: Path, seconds: float, out: Path) -> dict:
         return preview(prometheus.url, out, minutes=seconds / 60 + 0.5, scrape_interval=SCRAPE)
     finally:
         prometheus.stop()
-        server.stop(grace=2.0)
+        server.stop(grace=2.0, drain=0)
         shutil.rmtree(work, ignore_errors=True)
 
 

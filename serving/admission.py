@@ -13,11 +13,17 @@ are meant to stay open, have slots of their own, so they cannot crowd out Classi
 and for the refusals, each of which takes microseconds. Slots are taken on the handler thread
 itself, when the call starts running, and given back when it ends, so a call gRPC drops before
 running it holds nothing.
+
+Shutdown (``close``): from then on every new call but ``Health/Check`` gets UNAVAILABLE, which
+clients retry elsewhere, while the calls already running finish; ``wait_idle`` waits for them,
+and ``wait_quiet`` for the calls that were still queued inside gRPC to be answered too (gRPC's
+own stop cancels those: under load, calls sent in the last ~15 ms before the close).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -37,22 +43,23 @@ def pool_size(max_unary: int, max_streams: int) -> int:
 
 
 class _Slots:
-    def __init__(self, limit: int, what: str):
+    def __init__(self, limit: int, what: str, idle: threading.Condition):
         self.limit = limit
         self.what = what  # for the refusal: "unary calls in flight (grpc_threads)"
         self.used = 0
-        self._lock = threading.Lock()
+        self._idle = idle  # shared by all slots: notified when a call ends
 
     def take(self) -> bool:
-        with self._lock:
+        with self._idle:
             if self.used >= self.limit:
                 return False
             self.used += 1
             return True
 
     def give(self) -> None:
-        with self._lock:
+        with self._idle:
             self.used -= 1
+            self._idle.notify_all()
 
 
 class Admission(grpc.ServerInterceptor):
@@ -62,9 +69,12 @@ class Admission(grpc.ServerInterceptor):
 
     def __init__(self, max_unary: int, max_streams: int,
                  on_refused: Callable[[str], None] | None = None):
-        self.unary = _Slots(max_unary, "unary calls in flight (grpc_threads)")
-        self.streams = _Slots(max_streams, "streams open (max_streams)")
-        self.watches = _Slots(WATCH_SLOTS, "Health/Watch streams open")
+        self._idle = threading.Condition()
+        self.unary = _Slots(max_unary, "unary calls in flight (grpc_threads)", self._idle)
+        self.streams = _Slots(max_streams, "streams open (max_streams)", self._idle)
+        self.watches = _Slots(WATCH_SLOTS, "Health/Watch streams open", self._idle)
+        self.closing = False
+        self._last_refusal = 0.0  # time.monotonic() of the last call refused while closing
         self._on_refused = on_refused
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # wrapped once per method
 
@@ -77,6 +87,31 @@ class Admission(grpc.ServerInterceptor):
                 return handler  # unknown methods stay uncached: clients choose their names
             wrapped = self._handlers[method] = self._wrap(handler, method)
         return wrapped
+
+    def close(self) -> None:
+        """Refuse every new call but Health/Check with UNAVAILABLE; running calls go on."""
+        self.closing = True
+
+    def in_flight(self) -> int:
+        """Unary calls and streams running now (Health/Watch streams not counted)."""
+        with self._idle:
+            return self.unary.used + self.streams.used
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no unary call or stream runs; False if some still do after ``timeout``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self.unary.used + self.streams.used == 0,
+                                       timeout)
+
+    def wait_quiet(self, quiet: float, timeout: float) -> bool:
+        """After ``close``: wait until no call has been refused for ``quiet`` seconds, so that
+        every call gRPC had queued has had its UNAVAILABLE; False if calls keep coming."""
+        end = time.monotonic() + timeout
+        while (since := time.monotonic() - self._last_refusal) < quiet:
+            if time.monotonic() + quiet - since > end:
+                return False
+            time.sleep(quiet - since)
+        return True
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         serializers = (handler.request_deserializer, handler.response_serializer)
@@ -94,6 +129,10 @@ class Admission(grpc.ServerInterceptor):
             self._call(handler.stream_unary, streams, "stream"), *serializers)
 
     def _refuse(self, context, kind: str, slots: _Slots) -> None:
+        if self.closing:
+            self._last_refusal = time.monotonic()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on "
+                                                       "another replica")
         if self._on_refused is not None:
             self._on_refused(kind)
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is at its limit of "
@@ -101,7 +140,7 @@ class Admission(grpc.ServerInterceptor):
 
     def _call(self, behavior, slots: _Slots, kind: str):
         def admitted(request, context):
-            if not slots.take():
+            if self.closing or not slots.take():
                 self._refuse(context, kind, slots)
             try:
                 return behavior(request, context)
@@ -112,7 +151,7 @@ class Admission(grpc.ServerInterceptor):
 
     def _stream(self, behavior, slots: _Slots):
         def admitted(request, context):
-            if not slots.take():
+            if self.closing or not slots.take():
                 self._refuse(context, "stream", slots)
             try:
                 yield from behavior(request, context)

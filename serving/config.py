@@ -66,7 +66,11 @@ class ServerConfig:
     max_connection_age_seconds: float = 300.0
     max_connection_age_grace_seconds: float = 30.0
     compression: str = "none"  # none | gzip | deflate: the default for responses
-    grace_seconds: float = 20.0  # SIGTERM: finish in-flight requests for at most this long
+    # SIGTERM (docs/shutdown.md): health turns NOT_SERVING and the server goes on serving for
+    # drain_seconds (Kubernetes' preStop time: endpoints move traffic away), then refuses new
+    # calls with UNAVAILABLE and gives the calls in flight up to grace_seconds to finish.
+    drain_seconds: float = 5.0
+    grace_seconds: float = 20.0
 
     # Security.
     tls_cert: str = ""
@@ -107,6 +111,9 @@ class ServerConfig:
                 f"max_message_bytes ({self.max_message_bytes}) must exceed max_image_bytes "
                 f"({self.max_image_bytes}) by at least {MESSAGE_ROOM}, so that an image over "
                 "its limit gets a too_large answer instead of ending a stream")
+        for name in ("drain_seconds", "grace_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
         if self.metrics_port < -1:
             raise ConfigError(f"metrics_port must be a port, 0 (any) or -1 (off); got "
                               f"{self.metrics_port}")

@@ -2,9 +2,12 @@
 
 Start-up: models load and warm up (health NOT_SERVING until one is ready) → the server listens
 with health, reflection, limits, keepalive and optional TLS / bearer auth → the repository is
-polled for new versions. Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING at once, so load
-balancers stop sending; the server stops accepting and finishes in-flight requests for up to
-``grace_seconds``; batchers drain; models unload.
+polled for new versions. Shutdown (SIGTERM or SIGINT; docs/shutdown.md):
+1. health turns NOT_SERVING, and the server goes on serving for ``drain_seconds``, so that load
+   balancers and Kubernetes endpoints move traffic away (a second signal cuts this short);
+2. new calls get UNAVAILABLE (retryable elsewhere); open streams answer what they read and end;
+3. the calls in flight finish, for up to ``grace_seconds``: none is cancelled inside the grace;
+4. gRPC stops, batchers drain, models unload, the process exits.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import warnings
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -43,6 +47,7 @@ __all__ = ["Server", "create_server", "main", "serve"]
 
 log = logging.getLogger("sightline.server")
 SERVICES = ("", service.SERVICE_NAME, oip.SERVICE_NAME)  # "": the server as a whole
+QUIET_SECONDS = 0.1  # shutdown: no refused call for this long means gRPC's queue is empty
 COMPRESSION = {"none": grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip,
                "deflate": grpc.Compression.Deflate}
 
@@ -61,9 +66,11 @@ class Server:
     metrics: ServingMetrics | None = None
     metrics_port: int | None = None  # the bound metrics port, when metrics are on
     admission: Admission | None = None
+    classifier: service.ClassifierService | None = None
     tokens: list[bytes] | None = None  # bearer tokens, when auth is on
     _metrics_http: MetricsServer | None = None
     _stop_polling: threading.Event = field(default_factory=threading.Event)
+    _hurry: threading.Event = field(default_factory=threading.Event)  # cut the drain delay short
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
@@ -109,20 +116,41 @@ class Server:
         for name in SERVICES:
             self.health.set(name, status)
 
-    def stop(self, grace: float | None = None) -> None:
-        """Graceful: NOT_SERVING, refuse new RPCs, finish in-flight ones, drain, unload."""
+    def stop(self, grace: float | None = None, drain: float | None = None) -> None:
+        """Graceful, in the order of the module docstring; ``drain`` and ``grace`` default to
+        the config's drain_seconds and grace_seconds."""
         if self._stopped.is_set():
             return
+        config = self.config
+        drain = config.drain_seconds if drain is None else drain
+        grace = config.grace_seconds if grace is None else grace
         self._stop_polling.set()
         self.health.enter_graceful_shutdown()  # NOT_SERVING everywhere, and it stays so
-        grace = self.config.grace_seconds if grace is None else grace
-        log.info("shutting down: finishing in-flight requests (grace %.0fs)", grace)
-        self.grpc_server.stop(grace).wait()
+        log.info("shutting down: health NOT_SERVING; serving on for %gs (drain_seconds; a "
+                 "second signal cuts it short)", drain)
+        self._hurry.wait(drain)
+        self.admission.close()
+        self.classifier.close_streams()
+        log.info("refusing new calls; finishing %d in flight (grace %gs)",
+                 self.admission.in_flight(), grace)
+        ends = time.monotonic() + grace
+        if not self.admission.wait_idle(grace):
+            log.warning("%d calls still in flight after the grace; cancelling them",
+                        self.admission.in_flight())
+        # Calls still queued inside gRPC get their UNAVAILABLE before gRPC's stop, which would
+        # cancel them; then what is left are Health/Watch streams, cancelled after a moment
+        # that lets the last responses leave.
+        self.admission.wait_quiet(QUIET_SECONDS, min(1.0, max(0.0, ends - time.monotonic())))
+        self.grpc_server.stop(min(grace, 1.0)).wait()
         self.manager.close(timeout=grace)
         if self._metrics_http is not None:
             self._metrics_http.stop()
         self._stopped.set()
         log.info("stopped")
+
+    def hurry(self) -> None:
+        """Cut the drain delay short (a second SIGTERM or Ctrl-C)."""
+        self._hurry.set()
 
     def wait(self) -> None:
         self._stopped.wait()
@@ -179,9 +207,8 @@ def create_server(config: ServerConfig, port: int | None = None,
         maximum_concurrent_rpcs=None,
     )
     service_pb = service.pb_grpc
-    service_pb.add_ImageClassifierServicer_to_server(
-        service.ClassifierService(inference, idle_seconds=config.stream_idle_seconds),
-        grpc_server)
+    classifier = service.ClassifierService(inference, idle_seconds=config.stream_idle_seconds)
+    service_pb.add_ImageClassifierServicer_to_server(classifier, grpc_server)
     oip.pb_grpc.add_GRPCInferenceServiceServicer_to_server(
         oip.InferenceService(inference, max_images=config.request_image_limit), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
@@ -192,7 +219,7 @@ def create_server(config: ServerConfig, port: int | None = None,
     address = f"{config.host}:{config.port if port is None else port}"
     bound = _bind(grpc_server, address, config)
     return Server(config, grpc_server, bound, inference, manager, health_servicer, source,
-                  metrics, admission=admission, tokens=tokens)
+                  metrics, admission=admission, classifier=classifier, tokens=tokens)
 
 
 def _drift(manager: ModelManager, name: str) -> dict | None:
@@ -255,8 +282,14 @@ def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = create_server(config)
     stop = threading.Event()
+
+    def on_signal(*_) -> None:
+        if stop.is_set():
+            server.hurry()  # a second signal: skip what is left of the drain delay
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     server.start()
     try:
         stop.wait()

@@ -26,6 +26,7 @@ __all__ = ["ClassifierService", "SERVICE_NAME"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageClassifier"].full_name
 log = logging.getLogger("sightline.service")
+_SHUTDOWN = object()  # put on a stream's queue by close_streams
 
 
 class ClassifierService(pb_grpc.ImageClassifierServicer):
@@ -34,6 +35,9 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         self.inference = inference
         self.stream_window = stream_window  # requests of one stream in flight at once
         self.idle_seconds = idle_seconds  # stream_idle_seconds
+        self._open: set[_StreamState] = set()  # streams running now, for close_streams
+        self._closing = False
+        self._lock = threading.Lock()
 
     @answer_errors
     def Classify(self, request, context):
@@ -47,6 +51,10 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         request in flight and none arriving for ``idle_seconds`` is closed, so idle clients
         cannot keep handler threads (DEADLINE_EXCEEDED, naming the limit)."""
         stream = _StreamState(self.stream_window)
+        with self._lock:
+            if self._closing:  # admission refuses new calls first; this closes the gap
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            self._open.add(stream)
 
         def read():
             try:
@@ -73,7 +81,7 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         threading.Thread(target=read, name="stream-reader", daemon=True).start()
 
         def answers():
-            while not (stream.input_ended and stream.owed() == 0):
+            while not (stream.owed() == 0 and (stream.input_ended or stream.shutting_down)):
                 try:
                     request, item = stream.done.get(timeout=self.idle_seconds)
                 except queue.Empty:
@@ -84,12 +92,19 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
                                             "(stream_idle_seconds)")
                         return
                     continue
-                if request is None:
+                if request is _SHUTDOWN:
+                    stream.close()  # read no more; answer what was read
+                    stream.shutting_down = True
+                elif request is None:
                     stream.input_ended = True
-                    continue
-                stream.answered += 1
-                yield self._stream_response(request, item, stream.window)
-            if stream.input_error is not None:
+                else:
+                    stream.answered += 1
+                    yield self._stream_response(request, item, stream.window)
+            if stream.shutting_down and not stream.input_ended:
+                context.set_code(grpc.StatusCode.UNAVAILABLE)
+                context.set_details("the server is shutting down: every request it read has "
+                                    "its response; send the rest to another replica")
+            elif stream.input_error is not None:
                 context.set_code(stream.input_error)  # gRPC ended the call: not an OK stream
 
         pending = answers()
@@ -97,8 +112,18 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             for response in pending:  # noqa: UP028 - `yield from` would close `pending` with us
                 yield response
         finally:  # the client left early: finish what is still in flight, so holds are released
+            with self._lock:
+                self._open.discard(stream)
             threading.Thread(target=collections.deque, args=(pending, 0), daemon=True,
                              name="stream-drain").start()
+
+    def close_streams(self) -> None:
+        """Shutdown: each open stream reads no more requests, answers those it read, and ends
+        with UNAVAILABLE, so its client resends the rest to another replica."""
+        with self._lock:
+            self._closing = True
+            for stream in self._open:
+                stream.done.put((_SHUTDOWN, None))
 
     def _stream_response(self, request, item, window) -> pb.ClassifyResponse:
         try:
@@ -165,6 +190,7 @@ class _StreamState:
         self.done: queue.SimpleQueue = queue.SimpleQueue()  # (request, outcome); (None, None): end
         self.answered = 0  # written by the writer only
         self.input_ended = False
+        self.shutting_down = False
         self.input_error: grpc.StatusCode | None = None
         self._received = 0
         self._closed = False
@@ -183,8 +209,13 @@ class _StreamState:
 
     def close_if_idle(self) -> bool:
         with self._lock:
-            self._closed = self._received == self.answered
+            if self._received == self.answered:
+                self._closed = True
             return self._closed
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
 
 
 def _ended_by(context) -> grpc.StatusCode | None:

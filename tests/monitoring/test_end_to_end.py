@@ -50,7 +50,7 @@ def loaded_system(deployable, tmp_path, start_prometheus):
             time.sleep(3 * SCRAPE_SECONDS)  # the last samples scraped, the rules evaluated
             yield prometheus, server
     finally:
-        server.stop(grace=1.0)
+        server.stop(grace=1.0, drain=0)
 
 
 def test_every_panel_and_recording_rule_returns_data_and_nothing_fires(loaded_system, tmp_path):

@@ -46,7 +46,7 @@ def start_server(tmp_path):
 
     yield start
     for server in servers:
-        server.stop(grace=1.0)
+        server.stop(grace=1.0, drain=0)
 
 
 SHARED_LIMITS = {"max_image_bytes": 512 * 1024, "max_message_bytes": 1024 * 1024}
@@ -61,7 +61,7 @@ def shared_server(deployable, tmp_path_factory):
                                         workers=1, metrics_port=-1, **SHARED_LIMITS), port=0)
     server.start()
     yield server
-    server.stop(grace=1.0)
+    server.stop(grace=1.0, drain=0)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """The server's lifecycle on loopback: health, hot reload under load, a rejected version,
-deadlines and load shedding, SIGTERM drain, and that the serve extra needs no TensorFlow."""
+deadlines and load shedding, and that the serve extra needs no TensorFlow (SIGTERM:
+test_shutdown.py)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +13,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from monitoring.local_prometheus import free_port
 from serving.deploy import deploy
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import ROOT
@@ -22,7 +21,6 @@ from tests.serving.conftest import (
     broken_copy,
     classify_request,
     expect_error,
-    image_bytes,
 )
 from tests.serving.test_service import wait_for_version
 
@@ -49,7 +47,7 @@ def test_health_waits_for_a_model_and_turns_off_at_shutdown(tmp_path, start_serv
         while health_of(channel) != SERVING and time.monotonic() < end:
             time.sleep(0.05)
         assert [health_of(channel, s) for s in services] == [SERVING] * 3
-        stopper = threading.Thread(target=server.stop, args=(2.0,))
+        stopper = threading.Thread(target=server.stop, args=(2.0, 0.0))
         server.health.set("", SERVING)  # must not stick: shutdown turns everything off
         stopper.start()
         stopper.join()
@@ -156,32 +154,6 @@ def test_an_expired_request_is_never_run(repository, start_server):
         time.sleep(1.0)  # past the batch delay: the expired job was dropped, not run
         assert batches == []
         assert stub.Classify(classify_request(), timeout=10).classes
-
-
-def test_sigterm_finishes_in_flight_requests(deployable, tmp_path):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model-dir", str(deployable("gap")),
-         "--host", "127.0.0.1", "--port", str(port), "--max-queue-delay-ms", "300",
-         "--wait-when-idle", "true",
-         "--grace-seconds", "10", "--metrics-port", "0"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=60)
-            stub = pb_grpc.ImageClassifierStub(channel)
-            stub.Classify(classify_request(), timeout=30, wait_for_ready=True)
-            in_flight = [stub.Classify.future(classify_request(image=image_bytes(i)), timeout=30)
-                         for i in range(16)]
-            time.sleep(0.1)  # all 16 are queued, waiting 300 ms for company
-            process.send_signal(signal.SIGTERM)
-            results = [f.result() for f in in_flight]  # raises if any failed
-            assert all(len(r.classes) == 5 for r in results)
-        assert process.wait(timeout=30) == 0
-    finally:
-        process.kill()
-        stderr = process.stderr.read()
-    assert "shutting down" in stderr and "stopped" in stderr
 
 
 def test_serving_imports_no_tensorflow():
