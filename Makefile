@@ -23,7 +23,7 @@ DEMO_OUT ?= artifacts/demo
 TRITON   := .venv-triton
 
 .PHONY: install system-deps train evaluate quantize report demo test lint clean distclean \
-        bench bench-train bench-quantize bench-server protos deploy serve tools \
+        bench bench-train bench-quantize bench-server bench-overload protos deploy serve tools \
         dashboards-preview monitor-up
 
 install: $(STAMP)
@@ -150,7 +150,12 @@ bench-server: install
 	    $(if $(BENCH_SMALL),--small-model $(BENCH_SMALL))
 	$(BIN)/python benchmarks/bench_metrics.py --model $(BENCH_MODEL)
 
-bench: bench-quantize bench-server
+# A 10x burst: goodput against capacity, refusal latency, work for departed clients.
+bench-overload: install
+	@test -n "$(BENCH_SMALL)" || { echo "bench-overload: no shapes artifact: make train quantize"; exit 2; }
+	$(BIN)/python benchmarks/bench_overload.py --model $(BENCH_SMALL) --heatmap
+
+bench: bench-quantize bench-server bench-overload
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

@@ -1,18 +1,30 @@
-"""Admission: how many handler threads calls may hold, so that health checks always find one.
+"""Admission: how many handler threads calls may hold, so that every call gets a fast answer.
 
-gRPC's sync server runs every call on one thread pool, and a call holds its thread until it
-ends: an idle ClassifyStream holds one for as long as the client keeps it open. With nothing
+gRPC's sync server runs every call on one thread pool, and a call holds its thread from the
+moment it arrives until its handler ends: while its request message has not come yet (a client
+can send headers and nothing more), and for as long as a stream stays open. With nothing
 bounding that, 128 idle streams took every thread, and Classify and even ``Health/Check``
 waited until their deadlines (on Kubernetes: failed probes, a healthy pod killed).
 
-The pool is sized ``max_unary + max_streams + WATCH_SLOTS + RESERVED_THREADS``. A unary call
-past ``max_unary`` in flight, or a streaming call past ``max_streams`` open, is refused with
-RESOURCE_EXHAUSTED at once, naming the limit. ``Health/Watch`` streams, which need no token and
-are meant to stay open, have slots of their own, so they cannot crowd out ClassifyStream.
-``Health/Check`` is never counted or refused, and the reserved threads are always there for it
-and for the refusals, each of which takes microseconds. Slots are taken on the handler thread
-itself, when the call starts running, and given back when it ends, so a call gRPC drops before
-running it holds nothing.
+Each call is counted in its class from the moment it arrives, before its message is read:
+unary calls (``grpc_threads``), streams (``max_streams``) and health calls (a small fixed
+number). ``Health/Watch`` counts as a health call: it holds no thread once set up (the health
+servicer answers it by callback), so its slot is back at once. A call over its class's limit
+is answered RESOURCE_EXHAUSTED at once, naming the limit, by one of ``REFUSAL_THREADS`` kept
+for that. The slot is given back when the call's pool task ends (``AdmittedExecutor``),
+whether or not its handler ever ran. The pool has a thread for every slot plus the refusal
+threads, and gRPC's own ``maximum_concurrent_rpcs`` is set to the pool's size, so a call never
+waits for a thread: past every limit, gRPC itself refuses it. So one class cannot starve
+another: health checks answer however many unary calls or streams are held, and a client that
+sends half calls can only fill the class it sends them to, and only get refusals back.
+
+Deadline-aware: a unary call is also refused at once (RESOURCE_EXHAUSTED) when the wait it can
+expect exceeds what its deadline leaves. A new call waits about (calls in flight + 1)
+completion intervals (Little's law). The interval is a running average over intervals between
+unary completions measured while other calls were still in flight, so it reads the server's
+service rate under load, never the gaps of a quiet period, and it is used only once about 50
+have been seen. On an idle server nothing is refused on this ground. The rule itself is the
+pure function ``expected_wait``.
 
 Shutdown (``close``): from then on every new call but ``Health/Check`` gets UNAVAILABLE, which
 clients retry elsewhere, while the calls already running finish; ``wait_idle`` waits for them,
@@ -25,83 +37,124 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 
 import grpc
 
-__all__ = ["RESERVED_THREADS", "WATCH_SLOTS", "Admission", "pool_size"]
+__all__ = ["HEALTH_SLOTS", "REFUSAL_THREADS", "Admission", "AdmittedExecutor", "expected_wait",
+           "refusal"]
 
-RESERVED_THREADS = 16  # for health checks and for refusing calls over the limits
-WATCH_SLOTS = 8  # Health/Watch streams open at once
-ALWAYS_ADMITTED = "/grpc.health.v1.Health/Check"
-HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH = "/grpc.health.v1.Health/"
+HEALTH_SLOTS = 8  # health calls being answered at once: a probe needs one
+REFUSAL_THREADS = 8  # answering calls over their limit, microseconds each
+_MALFORMED = object()  # what a request that does not parse becomes
+RATE_WEIGHT = 0.02  # EWMA weight of each new completion interval (about the last 50)
 
 
-def pool_size(max_unary: int, max_streams: int) -> int:
-    """Handler threads the server needs so that every admitted call, every health check and
-    every refusal finds one."""
-    return max_unary + max_streams + WATCH_SLOTS + RESERVED_THREADS
+def expected_wait(calls: int, interval: float | None, busy_calls: int) -> float:
+    """Seconds a unary call can expect to take with ``calls`` in flight, itself included, when
+    each takes ``interval`` seconds of the server's capacity; 0 below ``busy_calls`` calls or
+    before the interval is measured."""
+    if interval is None or calls < busy_calls:
+        return 0.0
+    return calls * interval
 
 
 class _Slots:
-    def __init__(self, limit: int, what: str, idle: threading.Condition):
+    def __init__(self, limit: int, what: str, changed: threading.Condition):
         self.limit = limit
         self.what = what  # for the refusal: "unary calls in flight (grpc_threads)"
         self.used = 0
-        self._idle = idle  # shared by all slots: notified when a call ends
+        self._changed = changed  # shared by all classes: notified when a call ends
 
     def take(self) -> bool:
-        with self._idle:
+        with self._changed:
             if self.used >= self.limit:
                 return False
             self.used += 1
             return True
 
     def give(self) -> None:
-        with self._idle:
+        with self._changed:
             self.used -= 1
-            self._idle.notify_all()
+            self._changed.notify_all()
 
 
 class Admission(grpc.ServerInterceptor):
-    """Counts running calls per kind and refuses those over the limit. It wraps each method's
-    handler once, so it goes behind interceptors that decide per call (auth), never before.
-    ``on_refused(kind)`` ("unary" or "stream") is told of each refusal, e.g. for a counter."""
+    """Outermost interceptor; it decides when a call arrives, on gRPC's polling thread, and
+    hands the slot it took to ``AdmittedExecutor``, which gives it back when the call ends.
+    ``on_refused(reason)`` ("busy" or "would_miss_deadline") is told of each refusal."""
 
     def __init__(self, max_unary: int, max_streams: int,
-                 on_refused: Callable[[str], None] | None = None):
-        self._idle = threading.Condition()
-        self.unary = _Slots(max_unary, "unary calls in flight (grpc_threads)", self._idle)
-        self.streams = _Slots(max_streams, "streams open (max_streams)", self._idle)
-        self.watches = _Slots(WATCH_SLOTS, "Health/Watch streams open", self._idle)
+                 on_refused: Callable[[str], None] | None = None, busy_calls: int = 2):
+        self._changed = threading.Condition()
+        self.unary = _Slots(max_unary, "unary calls in flight (grpc_threads)", self._changed)
+        self.streams = _Slots(max_streams, "streams open (max_streams)", self._changed)
+        self.checks = _Slots(HEALTH_SLOTS, "health calls in flight", self._changed)
+        self.busy_calls = busy_calls  # calls in flight (this one too) for a sample to count
+        self.interval: float | None = None  # EWMA seconds between unary completions when busy
         self.closing = False
-        self._last_refusal = 0.0  # time.monotonic() of the last call refused while closing
         self._on_refused = on_refused
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # wrapped once per method
+        self._handoff = threading.local()  # the slot taken for the call about to be submitted
+        self._last_done: float | None = None
+        self._average: float | None = None  # the interval's running average, once measured
+        self._samples = 0
+        self._last_refusal = 0.0  # time.monotonic() of the last call refused while closing
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # unary handlers, once per method
+
+    @property
+    def threads(self) -> int:
+        """Handler threads the pool needs: one per slot, and the refusal threads."""
+        return self.unary.limit + self.streams.limit + HEALTH_SLOTS + REFUSAL_THREADS
 
     def intercept_service(self, continuation, handler_call_details):
+        self._give_back_unsubmitted()
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
         method = handler_call_details.method
-        wrapped = self._handlers.get(method)
-        if wrapped is None:
-            handler = continuation(handler_call_details)
-            if handler is None or method == ALWAYS_ADMITTED:
-                return handler  # unknown methods stay uncached: clients choose their names
-            wrapped = self._handlers[method] = self._wrap(handler, method)
-        return wrapped
+        slots = self._slots_for(method, handler)
+        if self.closing and method != HEALTH_CHECK:
+            self._last_refusal = time.monotonic()
+            return refusal(handler, grpc.StatusCode.UNAVAILABLE,
+                            "the server is shutting down; retry on another replica")
+        if not slots.take():
+            if self._on_refused is not None:
+                self._on_refused("busy")
+            return refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the server is at its limit of {slots.limit} {slots.what}; retry "
+                            "with backoff")
+        self._handoff.slots = slots
+        if slots is self.unary:
+            return self._deadline_aware(method, handler)
+        return handler
+
+    def take_handoff(self) -> _Slots | None:
+        """The slot taken for the call gRPC is submitting now (AdmittedExecutor.submit)."""
+        slots = getattr(self._handoff, "slots", None)
+        self._handoff.slots = None
+        return slots
+
+    def call_ended(self, slots: _Slots) -> None:
+        if slots is self.unary:
+            self._sample_completion()
+        slots.give()
 
     def close(self) -> None:
         """Refuse every new call but Health/Check with UNAVAILABLE; running calls go on."""
         self.closing = True
 
     def in_flight(self) -> int:
-        """Unary calls and streams running now (Health/Watch streams not counted)."""
-        with self._idle:
+        """Unary calls and streams running now (health calls not counted)."""
+        with self._changed:
             return self.unary.used + self.streams.used
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no unary call or stream runs; False if some still do after ``timeout``."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self.unary.used + self.streams.used == 0,
-                                       timeout)
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self.unary.used + self.streams.used == 0, timeout)
 
     def wait_quiet(self, quiet: float, timeout: float) -> bool:
         """After ``close``: wait until no call has been refused for ``quiet`` seconds, so that
@@ -113,49 +166,102 @@ class Admission(grpc.ServerInterceptor):
             time.sleep(quiet - since)
         return True
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        serializers = (handler.request_deserializer, handler.response_serializer)
-        streams = self.watches if method == HEALTH_WATCH else self.streams
-        if not handler.request_streaming and not handler.response_streaming:
-            return grpc.unary_unary_rpc_method_handler(
-                self._call(handler.unary_unary, self.unary, "unary"), *serializers)
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream(handler.stream_stream, streams), *serializers)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, streams), *serializers)
-        return grpc.stream_unary_rpc_method_handler(
-            self._call(handler.stream_unary, streams, "stream"), *serializers)
+    def _slots_for(self, method: str, handler: grpc.RpcMethodHandler) -> _Slots:
+        if method.startswith(HEALTH):
+            return self.checks
+        if handler.request_streaming or handler.response_streaming:
+            return self.streams
+        return self.unary
 
-    def _refuse(self, context, kind: str, slots: _Slots) -> None:
-        if self.closing:
-            self._last_refusal = time.monotonic()
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on "
-                                                       "another replica")
-        if self._on_refused is not None:
-            self._on_refused(kind)
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is at its limit of "
-                      f"{slots.limit} {slots.what}; retry with backoff")
+    def _give_back_unsubmitted(self) -> None:
+        """gRPC refused the last call after the interceptors (its own concurrency limit), so it
+        was never submitted: its slot goes back."""
+        slots = self.take_handoff()
+        if slots is not None:
+            slots.give()
 
-    def _call(self, behavior, slots: _Slots, kind: str):
-        def admitted(request, context):
-            if self.closing or not slots.take():
-                self._refuse(context, kind, slots)
-            try:
+    def _sample_completion(self) -> None:
+        """Intervals between completions count only inside a busy period; the estimate is used
+        once it has seen about 1 / RATE_WEIGHT of them."""
+        with self._changed:
+            if self.unary.used < self.busy_calls:
+                self._last_done = None  # the busy period (if any) ended
+                return
+            now = time.monotonic()
+            if self._last_done is not None:
+                sample = now - self._last_done
+                self._average = (sample if self._average is None else
+                                 self._average + RATE_WEIGHT * (sample - self._average))
+                self._samples += 1
+                if self._samples >= 1 / RATE_WEIGHT:
+                    self.interval = self._average
+            self._last_done = now
+
+    def _deadline_aware(self, method: str, handler: grpc.RpcMethodHandler):
+        """The unary handler, refusing calls that would miss their deadline, and answering a
+        request that is not a valid message with INVALID_ARGUMENT (gRPC's own answer would be
+        INTERNAL, with a traceback in the log for each)."""
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            behavior, deserialize = handler.unary_unary, handler.request_deserializer
+
+            def parse(data: bytes):
+                try:
+                    return deserialize(data) if deserialize is not None else data
+                except Exception:  # noqa: BLE001 - protobuf's DecodeError, or worse
+                    return _MALFORMED
+
+            def admitted(request, context):
+                if request is _MALFORMED:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid "
+                                  f"message for {method}")
+                wait = expected_wait(self.unary.used, self.interval, self.busy_calls)
+                remaining = context.time_remaining() if wait else None
+                if remaining is not None and wait > remaining:
+                    if self._on_refused is not None:
+                        self._on_refused("would_miss_deadline")
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"the server is busy: a call now waits about "
+                                  f"{wait * 1000:.0f} ms, more than the {remaining * 1000:.0f} "
+                                  "ms its deadline leaves; retry with backoff")
                 return behavior(request, context)
-            finally:
-                slots.give()
 
-        return admitted
+            wrapped = self._wrapped[method] = grpc.unary_unary_rpc_method_handler(
+                admitted, parse, handler.response_serializer)
+        return wrapped
 
-    def _stream(self, behavior, slots: _Slots):
-        def admitted(request, context):
-            if self.closing or not slots.take():
-                self._refuse(context, "stream", slots)
+
+class AdmittedExecutor(futures.ThreadPoolExecutor):
+    """The server's handler pool: gives each call's admission slot back when its task ends,
+    whether its handler ran, refused it, or never got its request message."""
+
+    def __init__(self, admission: Admission):
+        super().__init__(max_workers=admission.threads, thread_name_prefix="grpc")
+        self.admission = admission
+
+    def submit(self, fn, /, *args, **kwargs):
+        slots = self.admission.take_handoff()
+        if slots is None:
+            return super().submit(fn, *args, **kwargs)
+
+        def run():
             try:
-                yield from behavior(request, context)
+                return fn(*args, **kwargs)
             finally:
-                slots.give()
+                self.admission.call_ended(slots)
 
-        return admitted
+        return super().submit(run)
+
+
+def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str):
+    """A handler for ``handler``'s method that answers ``code`` at once. It is request-streaming
+    whatever the method is (the wire is the same), because gRPC runs a unary-request handler
+    only once the request message has come, and a client may never send it."""
+
+    def refuse(request_iterator, context):
+        context.abort(code, details)
+
+    serializers = (handler.request_deserializer, handler.response_serializer)
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse, *serializers)
+    return grpc.stream_unary_rpc_method_handler(refuse, *serializers)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 
+from serving.admission import refusal
 from serving.config import ConfigError
 
 __all__ = ["BearerTokenInterceptor", "read_tokens", "token_matches"]
@@ -56,27 +57,12 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if token_matches(metadata.get("authorization", ""), self._tokens):
+        headers = [value for key, value in handler_call_details.invocation_metadata or ()
+                   if key == "authorization"]
+        # Exactly one: with two, which one counts would depend on who reads them.
+        if len(headers) == 1 and token_matches(headers[0], self._tokens):
             return handler
         if self._on_refused is not None:
             self._on_refused()
-        return _refusal(handler)
-
-
-def _refusal(handler):
-    def deny(request_or_iterator, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                      "missing or invalid bearer token (metadata 'authorization: Bearer <token>')")
-
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(
-            deny, handler.request_deserializer, handler.response_serializer)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(
-            deny, handler.request_deserializer, handler.response_serializer)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(
-            deny, handler.request_deserializer, handler.response_serializer)
-    return grpc.unary_unary_rpc_method_handler(
-        deny, handler.request_deserializer, handler.response_serializer)
+        return refusal(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer "
+                       "token (metadata 'authorization: Bearer <token>')")

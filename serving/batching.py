@@ -15,8 +15,11 @@ What it guarantees:
   runs what is queued at once, unless ``wait_when_idle`` asks for Triton's and TF Serving's
   classic behaviour of always waiting out the delay. Measured on the CIFAR-10 int8 model at
   concurrency 1 (docs/benchmarks.md), waiting when idle put ~3 ms on every request's p50.
-- A cancelled job never reaches the runner; one past its deadline fails with
-  ``DeadlineExpired`` instead of running. ``job.started`` is set when its batch starts.
+- A cancelled job never reaches the runner; one past its deadline, or so close to it that its
+  batch would end after it (by the running average of that kind's batch times), fails with
+  ``DeadlineExpired`` instead of running: no work for clients that have left. A result that is
+  ready only after its deadline all the same is counted (``on_late``). ``job.started`` is set
+  when its batch starts.
 - ``runner(kind, jobs)`` returns one result per job, in order; if it raises (or returns the
   wrong count), every job of that batch gets the exception, and the worker carries on.
 - ``submit`` never blocks on the queue: a full queue raises ``QueueFull`` at once, so the server
@@ -83,6 +86,8 @@ class DynamicBatcher:
                 raise ValueError(f"{name}: {key} must be >= {least}, got {value!r}")
         self.name = name
         self.on_batch: Callable[[str, int], None] | None = None  # metrics hook: (kind, size)
+        self.on_late: Callable[[str, int], None] | None = None  # (kind, results past deadline)
+        self.batch_seconds: dict[str, float] = {}  # kind -> running average of a batch's time
         self._make_runner = make_runner
         self._max_batch = max_batch_size
         self._delay = max_queue_delay_s
@@ -182,7 +187,8 @@ class DynamicBatcher:
             for job in expired:
                 waited = time.monotonic() - job.enqueued
                 job.future.set_exception(DeadlineExpired(
-                    f"{self.name}: deadline passed while queued ({waited:.6f}s)"))
+                    f"{self.name}: the deadline passed, or would before the batch ended, "
+                    f"after {waited:.6f}s queued"))
             if batch:
                 self._run(runner, kind, batch)
 
@@ -226,13 +232,13 @@ class DynamicBatcher:
         cancellation does not shrink the batch. Called with the lock held."""
         queue = self._queues.get(kind, ())
         batch, expired = [], []
-        now = time.monotonic()
+        ends = time.monotonic() + self.batch_seconds.get(kind, 0.0)  # when this batch would end
         while queue and len(batch) < self._max_batch:
             job = queue.popleft()
             self._depth -= 1
             if not job.future.set_running_or_notify_cancel():
                 self._in_flight -= 1
-            elif job.deadline is not None and job.deadline <= now:
+            elif job.deadline is not None and job.deadline <= ends:
                 self._in_flight -= 1
                 expired.append(job)
             else:
@@ -265,6 +271,16 @@ class DynamicBatcher:
                                  f"{len(batch)} {kind!r} jobs")
         except Exception as exc:
             error = exc
+        ended = time.monotonic()
+        seconds, average = ended - started, self.batch_seconds.get(kind)
+        self.batch_seconds[kind] = seconds if average is None else average + 0.1 * (seconds
+                                                                                  - average)
+        late = sum(1 for job in batch if job.deadline is not None and job.deadline < ended)
+        if late and self.on_late is not None:
+            try:
+                self.on_late(kind, late)
+            except Exception:  # a broken metrics hook must not fail the requests
+                logger.exception("%s: on_late hook failed", self.name)
         with self._lock:  # before resolving, so a caller that got its result sees the count drop
             self._in_flight -= len(batch)
             self._gathering.notify_all()  # a gathering worker may now be the only one busy

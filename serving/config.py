@@ -58,7 +58,8 @@ class ServerConfig:
     max_message_bytes: int = 17 * MiB  # gRPC receive and send limit
     max_image_bytes: int = 16 * MiB
     max_request_images: int = 64  # images in one OIP ModelInfer (capped at max_queue_size)
-    max_image_pixels: int = 40_000_000  # decoded width x height (decompression bombs)
+    max_image_pixels: int = 4096 * 4096  # decoded width x height (decompression bombs)
+    max_concurrent_decodes: int = 0  # images decoding at once (memory); 0: two per core
 
     # Connections: Kubernetes spreads load only when connections are recycled.
     keepalive_seconds: float = 60.0
@@ -114,6 +115,9 @@ class ServerConfig:
         for name in ("drain_seconds", "grace_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.max_concurrent_decodes < 0:
+            raise ConfigError(f"max_concurrent_decodes must be >= 0; got "
+                              f"{self.max_concurrent_decodes}")
         if self.metrics_port < -1:
             raise ConfigError(f"metrics_port must be a port, 0 (any) or -1 (off); got "
                               f"{self.metrics_port}")
@@ -125,6 +129,10 @@ class ServerConfig:
     @property
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+    @property
+    def decode_slots(self) -> int:
+        return self.max_concurrent_decodes or 2 * (os.cpu_count() or 1)
 
     @property
     def request_image_limit(self) -> int:

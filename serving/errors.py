@@ -24,13 +24,16 @@ SHOWN_CHARS = 48  # the most of a client's string an error message repeats
 
 
 def shown(value) -> str:
-    """A client-supplied value as an error message may repeat it: repr, clipped. A message that
-    echoed a 10 MB name would exceed gRPC's metadata limit, and the client would see a transport
-    error instead of the real one."""
-    text = repr(value)
-    if len(text) <= SHOWN_CHARS:
-        return text
-    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters in all)"
+    """A client-supplied string or list as an error message may repeat it: repr, clipped. A
+    message that echoed a 10 MB name would exceed gRPC's metadata limit, and the client would
+    see a transport error instead of the real one. Clipped before repr, so a 16-million-entry
+    shape costs nothing to show."""
+    if isinstance(value, str | bytes):
+        text = repr(value[:SHOWN_CHARS])
+        return text if len(value) <= SHOWN_CHARS else f"{text}... ({len(value):,} long)"
+    items = list(value[:8])
+    text = repr(items)
+    return text if len(value) <= 8 else f"{text[:-1]}, ...] ({len(value):,} items)"
 
 
 class ServingError(Exception):

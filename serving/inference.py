@@ -136,7 +136,8 @@ class Inference:
 
     def __init__(self, manager: ModelManager | None, batching: BatchingConfig | None = None,
                  limits: DecodeLimits | None = None, default_model: str = "",
-                 observer: Any = None, drift: tuple[int, int] | None = (1000, 500)):
+                 observer: Any = None, drift: tuple[int, int] | None = (1000, 500),
+                 max_decodes: int = 4):
         self.manager = manager  # None until the server wires it: its loader is ``self.loader``
         # Metrics wrap the path through these hooks (serving.metrics.ServingMetrics); requests
         # in flight are the servables' holders, counted at scrape time.
@@ -145,6 +146,9 @@ class Inference:
         self._default_model = default_model
         self.batching = batching or BatchingConfig()
         self.limits = limits or DecodeLimits()
+        # Decoding a big image peaks near 100 MB: a bound on how many decode at once bounds the
+        # memory a flood of small files that decode big can take.
+        self._decodes = threading.BoundedSemaphore(max_decodes)
         self._lock = threading.Lock()
 
     def submit(self, *, name: str = "", version: int | None = None, label: str | None = None,
@@ -164,7 +168,7 @@ class Inference:
             if explain is not None:
                 self._check_explain(explain, card.num_classes)
             pixels, input_pixels = self._decode(image, tensor, card.input.height,
-                                                card.input.width)
+                                                card.input.width, deadline)
             decoded = time.perf_counter()
             future = self._submit(servable, pixels, explain, deadline)
         except BaseException as exc:
@@ -228,6 +232,7 @@ class Inference:
                     wait_when_idle=self.batching.wait_when_idle,
                 )
                 batcher.on_batch = lambda kind, size: self.observer.batch(servable.name, size)
+                batcher.on_late = lambda kind, n: self.observer.late_results(servable.name, n)
                 servable.resources["batcher"] = batcher
                 servable.on_unload.append(lambda: batcher.close(drain=True))
         return batcher
@@ -304,11 +309,19 @@ class Inference:
         if not (explain.png or explain.raw):
             raise BadRequest("bad_explain", "an explanation needs png_overlay or raw_map")
 
-    def _decode(self, image, tensor, height, width) -> tuple[np.ndarray, int]:
-        """-> ((H, W, 3) model input, width x height of the input as sent)."""
+    def _decode(self, image, tensor, height, width, deadline) -> tuple[np.ndarray, int]:
+        """-> ((H, W, 3) model input, width x height of the input as sent). Encoded images
+        wait for a decode slot until the deadline; none is decoded after it."""
         try:
             if image is not None:
-                return decode(image, height, width, self.limits)
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self._decodes.acquire(timeout=timeout):
+                    raise DeadlineExceeded("deadline", "the deadline passed before the image "
+                                                       "could be decoded")
+                try:
+                    return decode(image, height, width, self.limits)
+                finally:
+                    self._decodes.release()
             if tensor is not None:
                 return tensor_to_input(*tensor, height, width), height * width
         except InputError as exc:

@@ -35,7 +35,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, SLO_SECONDS,
                    2.5, 5.0, 10.0)
 STAGES = ("decode", "queue", "inference", "explain", "total")
 REJECTION_REASONS = ("queue_full", "deadline", "cancelled", "not_ready", "closing", "bad_input",
-                     "unknown_model", "unauthenticated", "busy")
+                     "unknown_model", "unauthenticated", "busy",
+                     "would_miss_deadline")
 
 
 class ServingMetrics:
@@ -105,6 +106,9 @@ class ServingMetrics:
         self.warmup_seconds = Gauge(
             "sightline_model_warmup_seconds", "Warm-up time of the last version loaded.",
             ["model"], registry=r)
+        self.late = Counter(
+            "sightline_late_results_total", "Results ready only after their request's "
+            "deadline: work for clients that had left.", ["model"], registry=r)
         self.decode_failures = Counter(
             "sightline_decode_failures_total", "Requests whose input could not be used.",
             ["reason"], registry=r)
@@ -213,6 +217,10 @@ class ServingMetrics:
         elif error_type == "UnknownModel":
             self.rejected.labels("unknown_model").inc()
 
+    def late_results(self, model: str, count: int) -> None:
+        """Rare by design (the batcher skips what cannot finish in time): a plain counter."""
+        self.late.labels(model).inc(count)
+
     def batch(self, model: str, size: int) -> None:
         self._batches.append((model, size))
         if len(self._batches) > LIMIT:
@@ -225,6 +233,7 @@ class ServingMetrics:
             self.known_models.add(name)
             for result in ("success", "failure"):
                 self.loads.labels(name, result)
+            self.late.labels(name)
         if event == "loaded":
             self.loads.labels(name, "success").inc()
             self.load_seconds.labels(name).observe(details.get("seconds", 0.0))

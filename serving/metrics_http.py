@@ -4,7 +4,8 @@ prometheus_client's ``start_http_server`` gives every connection a thread with n
 bound, so 50 half-sent requests held 50 threads for good; it has no way to ask for a token.
 This server, on the standard library's ``ThreadingHTTPServer``:
 - serves at most ``max_connections`` at once; past that a connection is closed unanswered;
-- gives each connection ``timeout_seconds`` to send its request and read the answer;
+- gives each connection ``timeout_seconds`` in all to send its request and read the answer,
+  then closes it (a client sending a byte every few seconds is cut off too);
 - when given tokens, answers 401 unless ``Authorization: Bearer <token>`` matches one
   (Prometheus: ``authorization: {credentials_file: ...}`` in the scrape config);
 - answers GET /metrics only (plus HEAD); the exposition format follows the Accept header
@@ -59,9 +60,12 @@ class MetricsServer(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address):
+        cutoff = threading.Timer(self.timeout_seconds, _cut, args=(request,))
+        cutoff.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            cutoff.cancel()
             self._slots.release()
 
 
@@ -104,6 +108,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - http.server's signature
         log.debug("metrics http: " + format, *args)
+
+
+def _cut(sock: socket.socket) -> None:
+    """The connection's time is up: wake its thread from a read or write."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _family(host: str) -> socket.AddressFamily:

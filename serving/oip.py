@@ -149,6 +149,9 @@ def _inputs(request, height: int, width: int, max_images: int) -> list[dict]:
     if raw is not None and filled:
         raise BadRequest("bad_inputs", "give the input in raw_input_contents or in contents, "
                                        "not both")
+    if len(tensor.shape) > 4:  # before any copy: a shape may hold millions of entries
+        raise BadRequest("bad_tensor_shape", f"an input is [N] (BYTES) or [N, H, W, 3]; got "
+                                             f"{len(tensor.shape):,} dimensions")
     shape = list(tensor.shape)
     if tensor.datatype == "BYTES":
         count = _image_count(shape, 1, "a BYTES input is a list of encoded images, shape [N]",

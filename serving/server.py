@@ -12,13 +12,14 @@ polled for new versions. Shutdown (SIGTERM or SIGINT; docs/shutdown.md):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import signal
 import sys
 import threading
 import time
 import warnings
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from serving import oip, service
-from serving.admission import Admission, pool_size
+from serving.admission import Admission, AdmittedExecutor
 from serving.auth import BearerTokenInterceptor, read_tokens
 from serving.config import ConfigError, ServerConfig, load_config
 from serving.inference import BatchingConfig, Inference
@@ -47,6 +48,7 @@ __all__ = ["Server", "create_server", "main", "serve"]
 
 log = logging.getLogger("sightline.server")
 SERVICES = ("", service.SERVICE_NAME, oip.SERVICE_NAME)  # "": the server as a whole
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 QUIET_SECONDS = 0.1  # shutdown: no refused call for this long means gRPC's queue is empty
 COMPRESSION = {"none": grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip,
                "deflate": grpc.Compression.Deflate}
@@ -175,7 +177,7 @@ def create_server(config: ServerConfig, port: int | None = None,
                        wait_when_idle=config.wait_when_idle),
         DecodeLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels),
         default_model=config.default_model, observer=metrics,
-        drift=(config.drift_window, config.drift_min_samples))
+        drift=(config.drift_window, config.drift_min_samples), max_decodes=config.decode_slots)
     threads = config.interpreter_threads
     loader = inference.loader(lambda path: TFLiteModel(path, num_threads=threads))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -192,19 +194,20 @@ def create_server(config: ServerConfig, port: int | None = None,
         metrics.watch(manager, drift_of=lambda name: _drift(manager, name))
 
     tokens = read_tokens(config.auth_token_file) if config.auth_token_file else None
-    admission = Admission(config.grpc_threads, config.max_streams, on_refused=None if metrics
-                          is None else lambda kind: metrics.rejected_request("busy", "Busy"))
+    admission = Admission(
+        config.grpc_threads, config.max_streams,
+        on_refused=None if metrics is None else (
+            lambda reason: metrics.rejected_request(reason, "Overloaded")))
     grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=pool_size(config.grpc_threads, config.max_streams),
-                                   thread_name_prefix="grpc"),
-        # Auth first: it decides per call, and its refusals hold no slot. Admission and
-        # metrics wrap each method's handler once, which is only right behind interceptors
-        # that decide per call; each interceptor that refuses counts its own refusals.
+        AdmittedExecutor(admission),
+        # Auth first: it decides per call. Admission and metrics wrap each method's handler
+        # once, which is only right behind interceptors that decide per call; each interceptor
+        # that refuses counts its own refusals.
         interceptors=[*_interceptors(tokens, metrics), admission,
                       *([GrpcMetricsInterceptor(metrics)] if metrics else [])],
         options=_options(config),
         compression=COMPRESSION[config.compression],
-        maximum_concurrent_rpcs=None,
+        maximum_concurrent_rpcs=admission.threads,  # past every limit gRPC refuses by itself
     )
     service_pb = service.pb_grpc
     classifier = service.ClassifierService(inference, idle_seconds=config.stream_idle_seconds)
@@ -304,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sightline-serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(config.log_format, config.log_level)
+    _return_big_buffers_to_the_system()
     # Decode refuses bombs itself; as errors, Pillow's warnings also stop filling its registry.
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     try:
@@ -311,6 +315,17 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, LoadError, OSError) as exc:
         log.error("cannot serve: %s", exc)
         raise SystemExit(2) from None
+
+
+def _return_big_buffers_to_the_system() -> None:
+    """glibc raises its mmap threshold after each large free, so decode buffers (tens of MB)
+    then come from per-thread arenas that keep them: 120 concurrent 4096 x 4096 PNGs peaked at
+    1.3 GB resident, and at 420 MB with this fixed threshold. Not glibc: nothing to do."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import collections
 import logging
 import queue
 import threading
+import time
 import uuid
 
 import grpc
@@ -27,6 +28,9 @@ __all__ = ["ClassifierService", "SERVICE_NAME"]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageClassifier"].full_name
 log = logging.getLogger("sightline.service")
 _SHUTDOWN = object()  # put on a stream's queue by close_streams
+# An input that ends with nothing in flight may be gRPC refusing an oversized message, whose
+# cancellation arrives a moment later: this long is waited for it (else the stream reads OK).
+END_GRACE_SECONDS = 0.05
 
 
 class ClassifierService(pb_grpc.ImageClassifierServicer):
@@ -97,6 +101,8 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
                     stream.shutting_down = True
                 elif request is None:
                     stream.input_ended = True
+                    if stream.input_error is None and stream.owed() == 0:
+                        stream.input_error = _ended_by(context, wait=END_GRACE_SECONDS)
                 else:
                     stream.answered += 1
                     yield self._stream_response(request, item, stream.window)
@@ -162,6 +168,9 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         tensor = None
         if kind == "tensor":
             t = request.tensor
+            if len(t.shape) > 4:  # before any copy: a shape may hold millions of entries
+                raise BadRequest("bad_tensor_shape", f"a tensor is [H, W, 3] or [1, H, W, 3]; "
+                                                     f"got {len(t.shape):,} dimensions")
             tensor = (t.data, list(t.shape), t.dtype)
         explain = None
         if request.HasField("explain"):
@@ -218,9 +227,16 @@ class _StreamState:
             self._closed = True
 
 
-def _ended_by(context) -> grpc.StatusCode | None:
-    """The status of a call gRPC ended under the handler: an oversized message, or a reset."""
-    return None if context.is_active() else grpc.StatusCode.CANCELLED
+def _ended_by(context, wait: float = 0.0) -> grpc.StatusCode | None:
+    """CANCELLED if gRPC ended the call under the handler (an oversized message, a reset), else
+    None. gRPC's Python layer first sees an oversized message as the end of the input, and the
+    cancellation only just after, so a caller may ``wait`` that long for it."""
+    deadline = time.monotonic() + wait
+    while context.is_active():
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.002)
+    return grpc.StatusCode.CANCELLED
 
 
 def _error_response(request, code: grpc.StatusCode, message: str) -> pb.ClassifyResponse:

@@ -106,7 +106,9 @@ class DecodeLimits:
     """What ``decode_image`` accepts; the defaults suit photos sent to a classifier."""
 
     max_bytes: int = 16 * 1024 * 1024  # encoded size: room for a full-resolution phone photo
-    max_pixels: int = 40_000_000  # width * height from the header; 40 MP RGB decodes to 120 MB
+    max_pixels: int = 4096 * 4096  # width * height from the header: a 12 MP phone photo fits;
+    # decoding one this size peaks near 100 MB, which is why the server also bounds how many
+    # decode at once (max_concurrent_decodes)
     min_side: int = 8  # below this there is nothing to classify
     formats: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF"})  # Pillow names
 

@@ -242,6 +242,7 @@ def _fake_exporter(stop: threading.Event):
         "rejected": Counter("sightline_requests_rejected_total", "", ["reason"], registry=r),
         "loads": Counter("sightline_model_loads_total", "", ["model", "result"], registry=r),
         "unloads": Counter("sightline_model_unloads_total", "", ["model"], registry=r),
+        "late": Counter("sightline_late_results_total", "", ["model"], registry=r),
         "load_seconds": Histogram("sightline_model_load_duration_seconds", "", ["model"],
                                   registry=r),
         "warmup": Gauge("sightline_model_warmup_seconds", "", ["model"], registry=r),
@@ -267,6 +268,7 @@ def _fake_exporter(stop: threading.Event):
     for model in models:
         m["info"].labels(model, "3", "ab12" * 16, "int8").set(1)
         m["loaded"].labels(model).set(1)
+        m["late"].labels(model)
         m["capacity"].labels(model).set(64)
         m["warmup"].labels(model).set(0.4)
         m["load_seconds"].labels(model).observe(1.2)

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from serving.admission import WATCH_SLOTS, Admission, pool_size
+from serving.admission import HEALTH_SLOTS, Admission, AdmittedExecutor, expected_wait
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
 from tests.serving.conftest import classify_request, expect_error
 
@@ -112,8 +112,9 @@ def blocking_server():
         "Wait": grpc.unary_unary_rpc_method_handler(lambda request, context: release.wait(20)
                                                     and b"done"),
     })
-    server = grpc.server(futures.ThreadPoolExecutor(pool_size(2, 1)),
-                         interceptors=[Admission(2, 1, on_refused=refused.append)])
+    admission = Admission(2, 1, on_refused=refused.append)
+    server = grpc.server(AdmittedExecutor(admission), interceptors=[admission],
+                         maximum_concurrent_rpcs=admission.threads)
     server.add_generic_rpc_handlers((handlers,))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -133,7 +134,7 @@ def test_unary_calls_over_the_limit_are_refused_fast_and_health_answers(blocking
         started = time.perf_counter()
         with expect_error(EXHAUSTED, "limit of 2 unary calls in flight (grpc_threads)"):
             wait(b"", timeout=10)
-        assert time.perf_counter() - started < 0.5 and refused == ["unary"]
+        assert time.perf_counter() - started < 0.5 and refused == ["busy"]
         for _ in range(20):  # health is never counted nor refused
             assert check_health(channel) < 0.5
         release.set()
@@ -141,19 +142,111 @@ def test_unary_calls_over_the_limit_are_refused_fast_and_health_answers(blocking
         assert wait(b"", timeout=10) == b"done"  # the slots came back
 
 
-def test_health_watch_streams_cannot_crowd_out_classify_streams(repository, start_server):
-    """Health/Watch needs no token and stays open: it gets slots of its own."""
+def test_health_watch_streams_hold_no_slot(repository, start_server):
+    """Health/Watch is answered by callback: many open watches leave streams and checks be."""
     server = start_server(repository, max_streams=2)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         health_stub = health_pb2_grpc.HealthStub(channel)
-        watches = [health_stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
-                   for _ in range(WATCH_SLOTS)]
-        assert all(next(w).status == health_pb2.HealthCheckResponse.SERVING for w in watches)
-        with expect_error(EXHAUSTED, f"limit of {WATCH_SLOTS} Health/Watch streams"):
-            next(health_stub.Watch(health_pb2.HealthCheckRequest(), timeout=30))
+        watches = []
+        for _ in range(20):
+            watches.append(health_stub.Watch(health_pb2.HealthCheckRequest(), timeout=30))
+            assert next(watches[-1]).status == health_pb2.HealthCheckResponse.SERVING
         stub = pb_grpc.ImageClassifierStub(channel)
         for _ in range(2):
             assert len(list(stub.ClassifyStream(iter([classify_request()]), timeout=10))) == 1
         assert check_health(channel) < 0.5
         for watch in watches:
             watch.cancel()
+
+
+def half_calls(channel, method: str, count: int, stop: threading.Event):
+    """``count`` calls that send their headers and never their request message."""
+    call = channel.stream_unary(method, request_serializer=lambda x: x,
+                                response_deserializer=lambda x: x)
+    return [call.future(idle_requests(stop), timeout=60) for _ in range(count)]
+
+
+def test_calls_that_never_send_their_message_cannot_hang_the_server(repository, start_server):
+    """The defect: 184 calls sending headers only held every handler thread (admission counted
+    a call only once its message came), and Health/Check timed out."""
+    server = start_server(repository, grpc_threads=8, max_streams=4)
+    stop = threading.Event()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        try:
+            held = half_calls(channel, "/sightline.classifier.v1.ImageClassifier/Classify", 300,
+                              stop)
+            time.sleep(1.0)
+            assert check_health(channel) < 0.5  # its own slots: unary calls cannot take them
+            stub = pb_grpc.ImageClassifierStub(channel)
+            started = time.perf_counter()
+            with expect_error(EXHAUSTED, "limit of 8 unary calls in flight"):
+                stub.Classify(classify_request(), timeout=5)
+            assert time.perf_counter() - started < 0.5
+            assert len(list(stub.ClassifyStream(iter([classify_request()]), timeout=10))) == 1
+            probes = half_calls(channel, "/grpc.health.v1.Health/Check", 50, stop)
+            time.sleep(0.5)
+            started = time.perf_counter()  # half health checks: refused fast, never a hang
+            with expect_error(EXHAUSTED, f"limit of {HEALTH_SLOTS} health calls"):
+                check_health(channel)
+            assert time.perf_counter() - started < 0.5
+        finally:
+            stop.set()
+        for call in held + probes:
+            call.cancel()
+        time.sleep(0.5)  # every slot comes back
+        assert check_health(channel) < 0.5
+        assert stub.Classify(classify_request(), timeout=5).classes
+        assert server.admission.in_flight() == 0
+
+
+@pytest.mark.parametrize(("calls", "interval", "expected"), [
+    (1, 0.01, 0.0),  # alone: nothing to wait for
+    (2, None, 0.0),  # not measured yet
+    (2, 0.01, 0.02), (40, 0.005, 0.2),
+])
+def test_expected_wait_is_littles_law_when_busy(calls, interval, expected):
+    assert expected_wait(calls, interval, busy_calls=2) == pytest.approx(expected)
+
+
+def test_a_call_that_would_miss_its_deadline_is_refused_at_once():
+    """A method that serves one call at a time, 20 ms each: with 20 calls in flight a new one
+    waits ~0.4 s, so one with a 0.1 s deadline is refused at once, and one with 5 s is served."""
+    lock, refused, stop = threading.Lock(), [], threading.Event()
+
+    def serve_one(request, context):
+        with lock:
+            time.sleep(0.02)
+        return b"done"
+
+    admission = Admission(64, 4, on_refused=refused.append)
+    server = grpc.server(AdmittedExecutor(admission), interceptors=[admission],
+                         maximum_concurrent_rpcs=admission.threads)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Slow", {
+        "Serve": grpc.unary_unary_rpc_method_handler(serve_one)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/test.Slow/Serve")
+
+            def client():
+                while not stop.is_set():
+                    call(b"", timeout=30)
+
+            clients = [threading.Thread(target=client) for _ in range(20)]
+            for thread in clients:
+                thread.start()
+            time.sleep(2.0)  # ~100 completions while busy: the interval is measured
+            assert admission.interval == pytest.approx(0.02, rel=0.5)
+            started = time.perf_counter()
+            with expect_error(EXHAUSTED, "ms its deadline leaves; retry with backoff"):
+                call(b"", timeout=0.1)
+            assert time.perf_counter() - started < 0.05
+            assert refused == ["would_miss_deadline"]
+            assert call(b"", timeout=5) == b"done"
+            stop.set()
+            for thread in clients:
+                thread.join(10)
+    finally:
+        stop.set()
+        server.stop(1).wait()

@@ -89,12 +89,15 @@ CASES = {
     "tensor dtype bogus": (dict(tensor=pb.Tensor(shape=[32, 32, 3], dtype="bogus",
                                                   data=b"\0" * 3072)), INVALID, "bogus"),
     "tensor dtype long": (dict(tensor=pb.Tensor(shape=[32, 32, 3], dtype=LONG,
-                                                 data=b"\0" * 3072)), INVALID, "characters in all"),
+                                                 data=b"\0" * 3072)), INVALID, "200,000 long"),
     "tensor dtype upper case": (dict(tensor=pb.Tensor(shape=[32, 32, 3], dtype="UINT8",
                                                        data=b"\0" * 3072)), INVALID, "'UINT8'"),
     "tensor shape of 100,000 dims": (dict(tensor=pb.Tensor(shape=[1] * 100_000, dtype="uint8",
                                                             data=b"\0" * 3072)), INVALID,
-                                     "characters in all"),
+                                     "got 100,000 dimensions"),
+    "tensor shape of 5 dims": (dict(tensor=pb.Tensor(shape=[1, 1, 32, 32, 3], dtype="uint8",
+                                                      data=b"\0" * 3072)), INVALID,
+                               "got 5 dimensions"),
     "tensor negative dims": (dict(tensor=pb.Tensor(shape=[-32, -32, 3], dtype="uint8",
                                                     data=b"\0" * 3072)), INVALID, "shape"),
     "tensor huge dims": (dict(tensor=pb.Tensor(shape=[2**62, 2**62, 3], dtype="uint8",
@@ -111,7 +114,7 @@ CASES = {
     "top_k too large": (dict(top_k=7), INVALID, "got 7"),
     "unknown CAM method": (dict(explain=explain(method="smoothgrad")), INVALID,
                            "unknown CAM method 'smoothgrad'"),
-    "CAM method long": (dict(explain=explain(method=LONG)), INVALID, "characters in all"),
+    "CAM method long": (dict(explain=explain(method=LONG)), INVALID, "200,000 long"),
     "CAM method case": (dict(explain=explain(method="GradCAM")), INVALID, "'GradCAM'"),
     "target class too large": (dict(explain=explain(target_class=6)), INVALID,
                                "target_class must be between 0 and 5; got 6"),
@@ -214,3 +217,14 @@ def test_stream_of_bad_requests_answers_each_with_its_error(shared_stub):
         assert error.code == code.value[0], (name, error)
         assert phrase.lower() in error.message.lower(), (name, error.message)
         assert len(error.message) <= MAX_ERROR_CHARS, (name, error.message[:MAX_ERROR_CHARS])
+
+
+@pytest.mark.parametrize("data", [b"\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x05ab"])
+def test_bytes_that_are_not_a_message_get_invalid_argument(shared_channel, shared_stub, data,
+                                                          caplog):
+    """gRPC's own answer was INTERNAL, and a traceback in the log for each such request."""
+    classify = shared_channel.unary_unary("/sightline.classifier.v1.ImageClassifier/Classify")
+    with expect_error(INVALID, "not a valid message"):
+        classify(data, timeout=10)
+    assert "Exception deserializing" not in caplog.text
+    assert shared_stub.Classify(classify_request(), timeout=20).classes

@@ -15,7 +15,8 @@ WAIT = 2.0  # seconds; only reached when something is broken
 
 class Recorder:
     """A make_runner that records every batch. Kind "block" waits for ``release``; "bad" raises;
-    "short" returns too few results; any other kind answers (kind, target) per job."""
+    "short" returns too few results; "slow" takes 0.1 s; any other kind answers (kind, target)
+    per job."""
 
     def __init__(self):
         self.batches = []  # (kind, [Job, ...]) in the order they ran
@@ -32,6 +33,8 @@ class Recorder:
                 raise ValueError("boom")
             if kind == "short":
                 return []
+            if kind == "slow":
+                time.sleep(0.1)
             return [(kind, job.target) for job in jobs]
 
         return run
@@ -159,10 +162,26 @@ def test_deadline_passing_in_the_queue_fails_without_running(make, recorder):
     on_time = batcher.submit("c", None, target=2, deadline=time.monotonic() + 10)
     time.sleep(0.02)
     recorder.release.set()
-    with pytest.raises(DeadlineExpired, match="while queued"):
+    with pytest.raises(DeadlineExpired, match="the deadline passed"):
         late.result(WAIT)
     assert on_time.result(WAIT) == ("c", 2)
     assert recorder.targets("c") == [[2]]
+
+
+def test_a_job_whose_batch_would_end_after_its_deadline_is_not_run(make, recorder):
+    """No work for a client that will have left: batches of "slow" take 0.1 s."""
+    batcher = make(max_queue_delay_s=0)
+    late = []
+    batcher.on_late = lambda kind, count: late.append((kind, count))
+    first = batcher.submit("slow", None, target=0, deadline=time.monotonic() + 0.05)
+    assert first.result(WAIT) == ("slow", 0)  # no batch time known yet: it ran, and was late
+    assert late == [("slow", 1)] and batcher.batch_seconds["slow"] >= 0.1
+    hopeless = batcher.submit("slow", None, target=1, deadline=time.monotonic() + 0.05)
+    with pytest.raises(DeadlineExpired, match="would before the batch ended"):
+        hopeless.result(WAIT)
+    assert batcher.submit("slow", None, target=2, deadline=time.monotonic() + 5).result(WAIT) \
+        == ("slow", 2)
+    assert recorder.targets("slow") == [[0], [2]] and late == [("slow", 1)]
 
 
 def test_cancelled_job_never_reaches_the_runner(make, recorder):

@@ -101,6 +101,26 @@ def test_half_sent_requests_are_bounded_and_timed_out(metrics_server):
     assert get(server.port)[0] == 200  # and it still serves
 
 
+def test_a_request_trickled_a_byte_at_a_time_is_cut_off_at_the_timeout(metrics_server):
+    """Slowloris: a byte every 0.3 s kept each read within its own timeout for good."""
+    server = metrics_server(max_connections=1, timeout_seconds=1.0)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /metrics HTTP/1.0\r\n" * 4:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:  # the server shut the connection
+                closed = True
+                break
+            time.sleep(0.3)
+            if time.monotonic() - started > 4:
+                break
+        assert closed or closed_by_server(sock)
+        assert time.monotonic() - started < 2.5
+    assert get(server.port)[0] == 200  # its one slot is free again
+
+
 def test_the_metrics_endpoint_binds_where_the_server_listens(repository, start_server):
     server = start_server(repository, host="127.0.0.1", metrics_host="")
     assert server._metrics_http.server_address[0] == "127.0.0.1"

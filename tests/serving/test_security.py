@@ -78,6 +78,10 @@ def test_bearer_token(repository, start_server, tmp_path):
             metadata = [("authorization", header)] if header is not None else None
             with expect_error(grpc.StatusCode.UNAUTHENTICATED, "bearer token"):
                 stub.Classify(classify_request(), timeout=5, metadata=metadata)
+        for pair in (["Bearer secret-one", "Bearer wrong"], ["Bearer wrong", "Bearer secret-one"]):
+            with expect_error(grpc.StatusCode.UNAUTHENTICATED, "bearer token"):
+                stub.Classify(classify_request(), timeout=5,
+                              metadata=[("authorization", header) for header in pair])
         for token in ("secret-one", "secret-two"):
             response = stub.Classify(classify_request(), timeout=10,
                                      metadata=[("authorization", f"Bearer {token}")])
@@ -89,7 +93,7 @@ def test_bearer_token(repository, start_server, tmp_path):
 
         refused = value(samples(scrape(server, token="secret-two")),
                         "sightline_requests_rejected_total", reason="unauthenticated")
-        assert refused == 7  # six unary calls and one stream
+        assert refused == 9  # eight unary calls and one stream
         health = health_pb2_grpc.HealthStub(channel)  # exempt: probes carry no secret
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
             health_pb2.HealthCheckResponse.SERVING

@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from monitoring.local_prometheus import free_port
 from serving.deploy import deploy
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import ROOT
@@ -162,3 +163,37 @@ def test_serving_imports_no_tensorflow():
             "('tensorflow', 'keras', 'training')); print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_small_files_that_decode_big_cannot_take_the_memory(deployable):
+    """The defect: 300 concurrent 5 KB PNGs that decode to 6320 x 6320 took 16 GB. Decodes are
+    bounded (two per core) and big buffers go back to the system: 120 concurrent 4096 x 4096
+    PNGs of 2 KB each peak under 700 MB (1.3 GB without the allocator setting, 3.9 GB with 64
+    decodes at once)."""
+    import io
+
+    from PIL import Image
+
+    from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
+
+    buffer = io.BytesIO()
+    Image.new("P", (4096, 4096)).save(buffer, "PNG")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-dir", str(deployable("gap")), "--host",
+         "127.0.0.1", "--port", str(port), "--metrics-port", "-1", "--drain-seconds", "0"],
+        cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.ImageClassifierStub(channel)
+            request = pb.ClassifyRequest(image=buffer.getvalue())
+            stub.Classify(request, timeout=60, wait_for_ready=True)
+            calls = [stub.Classify.future(request, timeout=60) for _ in range(120)]
+            assert all(call.result().classes for call in calls)
+        with open(f"/proc/{process.pid}/status") as status:
+            peak_mb = next(int(line.split()[1]) for line in status
+                           if line.startswith("VmHWM")) / 1024
+        assert peak_mb < 700, peak_mb
+    finally:
+        process.kill()
+        process.wait()

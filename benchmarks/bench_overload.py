@@ -1,0 +1,92 @@
+"""A 10x burst against a server in its own process: goodput against measured capacity, how fast
+refusals come, and how much work is done for clients that left (issue 15's admission targets).
+
+    python benchmarks/bench_overload.py --model MODEL_DIR [--rounds 3] [--heatmap]
+
+Each round measures capacity (16 closed-loop clients, a 2 s deadline), then a burst of 160
+clients whose deadline is 3x the capacity phase's median latency; refused calls back off
+(``burst.BACKOFF_SECONDS``). The load comes from this process, so it shares the machine's cores
+with the server in both phases alike. Prints each round and the median and spread of the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import burst  # noqa: E402
+from monitoring.local_prometheus import free_port  # noqa: E402
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb  # noqa: E402
+from tests.serving.conftest import image_bytes  # noqa: E402
+
+CAPACITY_CLIENTS, BURST_CLIENTS = 16, 160
+
+
+def late_results(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
+               if line.startswith("sightline_late_results_total{"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="a deployable model directory")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--heatmap", action="store_true", help="ask for Grad-CAM heatmaps")
+    args = parser.parse_args()
+    port, metrics_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-dir", str(args.model), "--host", "127.0.0.1",
+         "--port", str(port), "--metrics-port", str(metrics_port), "--drain-seconds", "0"],
+        cwd=ROOT, stderr=subprocess.DEVNULL)
+    target = f"127.0.0.1:{port}"
+    explain = pb.ExplainRequest(png_overlay=True) if args.heatmap else None
+    request = pb.ClassifyRequest(image=image_bytes(), explain=explain).SerializeToString()
+    ratios, refusal_p99, missed, late_shares = [], [], [], []
+    try:
+        with grpc.insecure_channel(target) as channel:
+            channel.unary_unary(burst.CLASSIFY)(request, timeout=60, wait_for_ready=True)
+        burst.run(target, CAPACITY_CLIENTS, 1.0, 2.0, request)  # warm-up
+        for number in range(1, args.rounds + 1):
+            capacity = burst.run(target, CAPACITY_CLIENTS, args.seconds, 2.0, request)
+            deadline = max(0.05, 3 * capacity.p("OK", 50))
+            late_before = late_results(metrics_port)
+            burst_phase = burst.run(target, BURST_CLIENTS, args.seconds, deadline, request)
+            late = late_results(metrics_port) - late_before
+            ratios.append(burst_phase.goodput / capacity.goodput)
+            refusal_p99.append(burst_phase.p("RESOURCE_EXHAUSTED", 99))
+            calls = sum(len(v) for v in burst_phase.latencies.values())
+            missed.append(burst_phase.count("DEADLINE_EXCEEDED") / max(1, calls))
+            late_shares.append(late / max(1, burst_phase.count("OK")))
+            print(f"round {number}: capacity {capacity.summary()}")
+            print(f"         burst (deadline {deadline * 1000:.0f} ms) {burst_phase.summary()}; "
+                  f"late results {late:.0f}")
+            time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    def line(name, values, unit="", scale=1.0, target=""):
+        scaled = [v * scale for v in values]
+        print(f"{name:<36} median {statistics.median(scaled):8.3f}{unit}  "
+              f"range {min(scaled):.3f}-{max(scaled):.3f}{unit}  {target}")
+
+    line("burst goodput / capacity", ratios, target="(target >= 0.9)")
+    line("refusal latency p99", refusal_p99, " ms", 1000, "(target <= 5 ms)")
+    line("burst calls DEADLINE_EXCEEDED", missed)
+    line("late results / OK", late_shares)
+
+
+if __name__ == "__main__":
+    main()
