@@ -61,6 +61,7 @@ class MetricsServer(ThreadingHTTPServer):
 
     def process_request_thread(self, request, client_address):
         cutoff = threading.Timer(self.timeout_seconds, _cut, args=(request,))
+        cutoff.name = "metrics-http-cutoff"
         cutoff.start()
         try:
             super().process_request_thread(request, client_address)
