@@ -5,8 +5,9 @@ refusals come, and how much work is done for clients that left (issue 15's admis
 
 Each round measures capacity (16 closed-loop clients, a 2 s deadline), then a burst of 160
 clients whose deadline is 3x the capacity phase's median latency; refused calls back off
-(``burst.BACKOFF_SECONDS``). The load comes from this process, so it shares the machine's cores
-with the server in both phases alike. Prints each round and the median and spread of the ratios.
+(``burst.BACKOFF_SECONDS``). The clients run in ``--processes`` processes of their own, on the
+same cores as the server in both phases alike. Prints each round and the median and spread of
+the ratios.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--heatmap", action="store_true", help="ask for Grad-CAM heatmaps")
+    parser.add_argument("--processes", type=int, default=4, help="client processes")
     args = parser.parse_args()
     port, metrics_port = free_port(), free_port()
     server = subprocess.Popen(
@@ -59,10 +61,12 @@ def main() -> None:
             channel.unary_unary(burst.CLASSIFY)(request, timeout=60, wait_for_ready=True)
         burst.run(target, CAPACITY_CLIENTS, 1.0, 2.0, request)  # warm-up
         for number in range(1, args.rounds + 1):
-            capacity = burst.run(target, CAPACITY_CLIENTS, args.seconds, 2.0, request)
+            capacity = burst.run_in_processes(target, CAPACITY_CLIENTS, args.seconds, 2.0,
+                                              request, processes=args.processes)
             deadline = max(0.05, 3 * capacity.p("OK", 50))
             late_before = late_results(metrics_port)
-            burst_phase = burst.run(target, BURST_CLIENTS, args.seconds, deadline, request)
+            burst_phase = burst.run_in_processes(target, BURST_CLIENTS, args.seconds, deadline,
+                                                 request, processes=args.processes)
             late = late_results(metrics_port) - late_before
             ratios.append(burst_phase.goodput / capacity.goodput)
             refusal_p99.append(burst_phase.p("RESOURCE_EXHAUSTED", 99))
