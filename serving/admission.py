@@ -41,14 +41,14 @@ from concurrent import futures
 
 import grpc
 
-__all__ = ["HEALTH_SLOTS", "REFUSAL_THREADS", "Admission", "AdmittedExecutor", "expected_wait",
-           "refusal"]
+__all__ = ["HEALTH_SLOTS", "MALFORMED", "REFUSAL_THREADS", "Admission", "AdmittedExecutor",
+           "expected_wait", "refusal"]
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 HEALTH = "/grpc.health.v1.Health/"
 HEALTH_SLOTS = 8  # health calls being answered at once: a probe needs one
 REFUSAL_THREADS = 8  # answering calls over their limit, microseconds each
-_MALFORMED = object()  # what a request that does not parse becomes
+MALFORMED = object()  # what a request that does not parse becomes (streams get it too)
 RATE_WEIGHT = 0.02  # EWMA weight of each new completion interval (about the last 50)
 
 
@@ -128,6 +128,8 @@ class Admission(grpc.ServerInterceptor):
         self._handoff.slots = slots
         if slots is self.unary:
             return self._deadline_aware(method, handler)
+        if handler.request_streaming and handler.response_streaming:
+            return self._tolerant_stream(method, handler)
         return handler
 
     def take_handoff(self) -> _Slots | None:
@@ -205,14 +207,10 @@ class Admission(grpc.ServerInterceptor):
         if wrapped is None:
             behavior, deserialize = handler.unary_unary, handler.request_deserializer
 
-            def parse(data: bytes):
-                try:
-                    return deserialize(data) if deserialize is not None else data
-                except Exception:  # noqa: BLE001 - protobuf's DecodeError, or worse
-                    return _MALFORMED
+            parse = _tolerant(deserialize)
 
             def admitted(request, context):
-                if request is _MALFORMED:
+                if request is MALFORMED:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid "
                                   f"message for {method}")
                 wait = expected_wait(self.unary.used, self.interval, self.busy_calls)
@@ -229,6 +227,28 @@ class Admission(grpc.ServerInterceptor):
             wrapped = self._wrapped[method] = grpc.unary_unary_rpc_method_handler(
                 admitted, parse, handler.response_serializer)
         return wrapped
+
+
+    def _tolerant_stream(self, method: str, handler: grpc.RpcMethodHandler):
+        """A bidi stream whose messages that do not parse arrive as ``MALFORMED``, so that the
+        servicer can answer each with an error of its own (ClassifyStream does) instead of gRPC
+        ending the whole stream with INTERNAL."""
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = grpc.stream_stream_rpc_method_handler(
+                handler.stream_stream, _tolerant(handler.request_deserializer),
+                handler.response_serializer)
+        return wrapped
+
+
+def _tolerant(deserialize):
+    def parse(data: bytes):
+        try:
+            return deserialize(data) if deserialize is not None else data
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError, or worse
+            return MALFORMED
+
+    return parse
 
 
 class AdmittedExecutor(futures.ThreadPoolExecutor):

@@ -16,6 +16,7 @@ import uuid
 
 import grpc
 
+from serving.admission import MALFORMED
 from serving.errors import INTERNAL_MESSAGE, BadRequest, ServingError
 from serving.inference import MAX_ID_CHARS, Explain, Inference, Result, deadline_after
 from serving.pipeline.cam import METHODS
@@ -66,6 +67,11 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
                     stream.window.acquire()
                     if not stream.received():
                         break  # closed as idle while this request was on its way
+                    if request is MALFORMED:  # its own error; the stream goes on
+                        stream.done.put((pb.ClassifyRequest(), BadRequest(
+                            "malformed", "a request of this stream is not a valid "
+                                         "ClassifyRequest message")))
+                        continue
                     try:
                         pending = self._submit(request, context, in_stream=True)
                     except ServingError as exc:

@@ -228,3 +228,18 @@ def test_bytes_that_are_not_a_message_get_invalid_argument(shared_channel, share
         classify(data, timeout=10)
     assert "Exception deserializing" not in caplog.text
     assert shared_stub.Classify(classify_request(), timeout=20).classes
+
+
+def test_a_stream_answers_bytes_that_are_not_a_message_and_goes_on(shared_channel):
+    """The proto promises that a bad request ends only its own response: a message that does
+    not parse used to end the whole stream with INTERNAL."""
+    stream = shared_channel.stream_stream(
+        "/sightline.classifier.v1.ImageClassifier/ClassifyStream",
+        response_deserializer=pb.ClassifyResponse.FromString)
+    good = classify_request(request_id="good").SerializeToString()
+    responses = list(stream(iter([good, b"\xff\xff\xff", good.replace(b"good", b"last")]),
+                            timeout=20))
+    assert sorted(r.request_id for r in responses) == ["", "good", "last"]
+    bad = next(r for r in responses if not r.request_id)
+    assert bad.error.code == INVALID.value[0] and "not a valid ClassifyRequest" in \
+        bad.error.message
