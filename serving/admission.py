@@ -19,7 +19,7 @@ another: health checks answer however many unary calls or streams are held, and 
 sends half calls can only fill the class it sends them to, and only get refusals back.
 
 Deadline-aware: a unary call is also refused at once (RESOURCE_EXHAUSTED) when the wait it can
-expect exceeds what its deadline leaves. A new call waits about (calls in flight + 1)
+expect exceeds what its deadline leaves. A call waits about (calls in flight, itself included)
 completion intervals (Little's law). The interval is a running average over intervals between
 unary completions measured while other calls were still in flight, so it reads the server's
 service rate under load, never the gaps of a quiet period, and it is used only once about 50
@@ -82,8 +82,8 @@ class _Slots:
 
 
 class Admission(grpc.ServerInterceptor):
-    """Outermost interceptor; it decides when a call arrives, on gRPC's polling thread, and
-    hands the slot it took to ``AdmittedExecutor``, which gives it back when the call ends.
+    """The interceptor behind auth; it decides when a call arrives, on gRPC's polling thread,
+    and hands the slot it took to ``AdmittedExecutor``, which gives it back when the call ends.
     ``on_refused(reason)`` ("busy" or "would_miss_deadline") is told of each refusal."""
 
     def __init__(self, max_unary: int, max_streams: int,
@@ -101,7 +101,7 @@ class Admission(grpc.ServerInterceptor):
         self._average: float | None = None  # the interval's running average, once measured
         self._samples = 0
         self._last_refusal = 0.0  # time.monotonic() of the last call refused while closing
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # unary handlers, once per method
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # wrapped handlers, once per method
 
     @property
     def threads(self) -> int:
@@ -139,9 +139,12 @@ class Admission(grpc.ServerInterceptor):
         return slots
 
     def call_ended(self, slots: _Slots) -> None:
-        if slots is self.unary:
-            self._sample_completion()
-        slots.give()
+        """A call's pool task ended: one lock for the interval sample and the slot."""
+        with self._changed:
+            if slots is self.unary:
+                self._sample_completion()
+            slots.used -= 1
+            self._changed.notify_all()
 
     def close(self) -> None:
         """Refuse every new call but Health/Check with UNAVAILABLE; running calls go on."""
@@ -184,20 +187,19 @@ class Admission(grpc.ServerInterceptor):
 
     def _sample_completion(self) -> None:
         """Intervals between completions count only inside a busy period; the estimate is used
-        once it has seen about 1 / RATE_WEIGHT of them."""
-        with self._changed:
-            if self.unary.used < self.busy_calls:
-                self._last_done = None  # the busy period (if any) ended
-                return
-            now = time.monotonic()
-            if self._last_done is not None:
-                sample = now - self._last_done
-                self._average = (sample if self._average is None else
-                                 self._average + RATE_WEIGHT * (sample - self._average))
-                self._samples += 1
-                if self._samples >= 1 / RATE_WEIGHT:
-                    self.interval = self._average
-            self._last_done = now
+        once it has seen about 1 / RATE_WEIGHT of them. Called with the lock held."""
+        if self.unary.used < self.busy_calls:
+            self._last_done = None  # the busy period (if any) ended
+            return
+        now = time.monotonic()
+        if self._last_done is not None:
+            sample = now - self._last_done
+            self._average = (sample if self._average is None else
+                             self._average + RATE_WEIGHT * (sample - self._average))
+            self._samples += 1
+            if self._samples >= 1 / RATE_WEIGHT:
+                self.interval = self._average
+        self._last_done = now
 
     def _deadline_aware(self, method: str, handler: grpc.RpcMethodHandler):
         """The unary handler, refusing calls that would miss their deadline, and answering a
@@ -227,7 +229,6 @@ class Admission(grpc.ServerInterceptor):
             wrapped = self._wrapped[method] = grpc.unary_unary_rpc_method_handler(
                 admitted, parse, handler.response_serializer)
         return wrapped
-
 
     def _tolerant_stream(self, method: str, handler: grpc.RpcMethodHandler):
         """A bidi stream whose messages that do not parse arrive as ``MALFORMED``, so that the

@@ -35,8 +35,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, SLO_SECONDS,
                    2.5, 5.0, 10.0)
 STAGES = ("decode", "queue", "inference", "explain", "total")
 REJECTION_REASONS = ("queue_full", "deadline", "cancelled", "not_ready", "closing", "bad_input",
-                     "unknown_model", "unauthenticated", "busy",
-                     "would_miss_deadline")
+                     "unknown_model", "unauthenticated", "busy", "would_miss_deadline")
 
 
 class ServingMetrics:

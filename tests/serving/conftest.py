@@ -7,10 +7,12 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import urllib.request
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.config import ServerConfig
 from serving.deploy import deploy
@@ -125,3 +127,20 @@ def broken_copy(artifact, tmp_path):
     (broken / "card.json").write_text(json.dumps(card))
     return broken
 
+
+def scrape(server, token: str | None = None) -> str:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.metrics_port}/metrics")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """{(sample name, sorted label items): value}"""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(found, name, **labels):
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)

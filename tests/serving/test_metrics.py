@@ -5,33 +5,13 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
-from tests.serving.conftest import MODEL, classify_request, image_bytes
-
-
-def scrape(server, token: str | None = None) -> str:
-    request = urllib.request.Request(f"http://127.0.0.1:{server.metrics_port}/metrics")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.read().decode()
-
-
-def samples(text: str) -> dict[tuple, float]:
-    """{(sample name, sorted label items): value}"""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(found, name, **labels):
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+from tests.serving.conftest import MODEL, classify_request, image_bytes, samples, scrape, value
 
 
 def test_traffic_is_counted_by_method_code_stage_class_and_reason(server, stub):

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from serving.metrics_http import MetricsServer
-from tests.serving.test_metrics import scrape
+from tests.serving.conftest import scrape
 
 
 @pytest.fixture

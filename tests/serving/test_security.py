@@ -8,7 +8,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
-from tests.serving.conftest import classify_request, expect_error
+from tests.serving.conftest import classify_request, expect_error, samples, scrape, value
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -89,8 +89,6 @@ def test_bearer_token(repository, start_server, tmp_path):
         stream = stub.ClassifyStream(iter([classify_request()]), timeout=5)
         with expect_error(grpc.StatusCode.UNAUTHENTICATED, "bearer token"):
             list(stream)
-        from tests.serving.test_metrics import samples, scrape, value
-
         refused = value(samples(scrape(server, token="secret-two")),
                         "sightline_requests_rejected_total", reason="unauthenticated")
         assert refused == 9  # eight unary calls and one stream

@@ -22,6 +22,9 @@ from tests.serving.conftest import (
     broken_copy,
     classify_request,
     expect_error,
+    samples,
+    scrape,
+    value,
 )
 from tests.serving.test_service import wait_for_version
 
@@ -106,8 +109,6 @@ def test_a_restart_with_a_broken_newest_version_serves_the_previous_one(
         deployable, tmp_path, start_server):
     """The defect: good v1 and v2, a broken v3 (truncated model, matching sha256) on disk; a
     restarted server served nothing. Now it serves v2, and the failure is counted."""
-    from tests.serving.test_metrics import samples, scrape, value
-
     models = tmp_path / "models"
     for _ in range(2):
         deploy(deployable("gap"), models)

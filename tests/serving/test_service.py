@@ -10,7 +10,15 @@ from PIL import Image
 from serving.deploy import deploy
 from serving.pipeline.cam import METHODS
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
-from tests.serving.conftest import MODEL, classify_request, expect_error, image_bytes
+from tests.serving.conftest import (
+    MODEL,
+    classify_request,
+    expect_error,
+    image_bytes,
+    samples,
+    scrape,
+    value,
+)
 
 
 def test_classify_returns_top_k_with_labels_scores_and_timing(stub, deployable):
@@ -176,6 +184,4 @@ def test_a_stream_cancelled_midway_releases_everything_it_held(repository, start
     while servable.holders and time.monotonic() < end:
         time.sleep(0.05)
     assert servable.holders == 0
-    from tests.serving.test_metrics import samples, scrape, value
-
     assert value(samples(scrape(server)), "sightline_in_flight_requests") == 0
