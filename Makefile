@@ -23,7 +23,7 @@ DEMO_OUT ?= artifacts/demo
 TRITON   := .venv-triton
 
 .PHONY: install system-deps train evaluate quantize report demo test lint clean distclean \
-        bench bench-train bench-quantize bench-server bench-overload protos deploy serve tools \
+        bench bench-train bench-quantize bench-server bench-overload bench-decode-memory protos deploy serve tools \
         dashboards-preview monitor-up
 
 install: $(STAMP)
@@ -155,7 +155,12 @@ bench-overload: install
 	@test -n "$(BENCH_SMALL)" || { echo "bench-overload: no shapes artifact: make train quantize"; exit 2; }
 	$(BIN)/python benchmarks/bench_overload.py --model $(BENCH_SMALL) --heatmap
 
-bench: bench-quantize bench-server bench-overload
+# Peak memory under a flood of 2 KB PNGs that decode to 4096 x 4096.
+bench-decode-memory: install
+	@test -n "$(BENCH_SMALL)" || { echo "bench-decode-memory: no shapes artifact: make train quantize"; exit 2; }
+	$(BIN)/python benchmarks/bench_decode_memory.py --model $(BENCH_SMALL)
+
+bench: bench-quantize bench-server bench-overload bench-decode-memory
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

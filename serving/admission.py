@@ -9,14 +9,16 @@ waited until their deadlines (on Kubernetes: failed probes, a healthy pod killed
 Each call is counted in its class from the moment it arrives, before its message is read:
 unary calls (``grpc_threads``), streams (``max_streams``) and health calls (a small fixed
 number). ``Health/Watch`` counts as a health call: it holds no thread once set up (the health
-servicer answers it by callback), so its slot is back at once. A call over its class's limit
-is answered RESOURCE_EXHAUSTED at once, naming the limit, by one of ``REFUSAL_THREADS`` kept
-for that. The slot is given back when the call's pool task ends (``AdmittedExecutor``),
-whether or not its handler ever ran. The pool has a thread for every slot plus the refusal
-threads, and gRPC's own ``maximum_concurrent_rpcs`` is set to the pool's size, so a call never
-waits for a thread: past every limit, gRPC itself refuses it. So one class cannot starve
-another: health checks answer however many unary calls or streams are held, and a client that
-sends half calls can only fill the class it sends them to, and only get refusals back.
+servicer answers it by callback), so its slot is back at once; open watches are bounded apart
+(``max_watches``, about 19 KB each), since a client may open them without a token and keep
+them. A call over its class's limit is answered RESOURCE_EXHAUSTED at once, naming the limit,
+by one of ``REFUSAL_THREADS`` kept for that. The slot is given back when the call's pool task
+ends (``AdmittedExecutor``), whether or not its handler ever ran. The pool has a thread for
+every slot plus the refusal threads, and gRPC's own ``maximum_concurrent_rpcs`` is set to the
+pool's size, so a call never waits for a thread: past every limit, gRPC itself refuses it. So
+one class cannot starve another: health checks answer however many unary calls or streams are
+held, and a client that sends half calls can only fill the class it sends them to, and only
+get refusals back.
 
 Deadline-aware: a unary call is also refused at once (RESOURCE_EXHAUSTED) when the wait it can
 expect exceeds what its deadline leaves. A call waits about (calls in flight, itself included)
@@ -41,11 +43,13 @@ from concurrent import futures
 
 import grpc
 
-__all__ = ["HEALTH_SLOTS", "MALFORMED", "REFUSAL_THREADS", "Admission", "AdmittedExecutor",
-           "expected_wait", "refusal"]
+__all__ = ["HEALTH_SLOTS", "MALFORMED", "REFUSAL_THREADS", "WATCH_STREAMS", "Admission",
+           "AdmittedExecutor", "expected_wait", "refusal"]
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 HEALTH = "/grpc.health.v1.Health/"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+WATCH_STREAMS = 1024  # open Health/Watch streams: one per client channel that health-checks
 HEALTH_SLOTS = 8  # health calls being answered at once: a probe needs one
 REFUSAL_THREADS = 8  # answering calls over their limit, microseconds each
 MALFORMED = object()  # what a request that does not parse becomes (streams get it too)
@@ -87,11 +91,13 @@ class Admission(grpc.ServerInterceptor):
     ``on_refused(reason)`` ("busy" or "would_miss_deadline") is told of each refusal."""
 
     def __init__(self, max_unary: int, max_streams: int,
-                 on_refused: Callable[[str], None] | None = None, busy_calls: int = 2):
+                 on_refused: Callable[[str], None] | None = None, busy_calls: int = 2,
+                 max_watches: int = WATCH_STREAMS):
         self._changed = threading.Condition()
         self.unary = _Slots(max_unary, "unary calls in flight (grpc_threads)", self._changed)
         self.streams = _Slots(max_streams, "streams open (max_streams)", self._changed)
         self.checks = _Slots(HEALTH_SLOTS, "health calls in flight", self._changed)
+        self.watches = _Slots(max_watches, "Health/Watch streams open", self._changed)
         self.busy_calls = busy_calls  # calls in flight (this one too) for a sample to count
         self.interval: float | None = None  # EWMA seconds between unary completions when busy
         self.closing = False
@@ -126,6 +132,8 @@ class Admission(grpc.ServerInterceptor):
                             f"the server is at its limit of {slots.limit} {slots.what}; retry "
                             "with backoff")
         self._handoff.slots = slots
+        if method == HEALTH_WATCH:
+            return self._bounded_watch(handler)
         if slots is self.unary:
             return self._deadline_aware(method, handler)
         if handler.request_streaming and handler.response_streaming:
@@ -228,6 +236,31 @@ class Admission(grpc.ServerInterceptor):
 
             wrapped = self._wrapped[method] = grpc.unary_unary_rpc_method_handler(
                 admitted, parse, handler.response_serializer)
+        return wrapped
+
+    def _bounded_watch(self, handler: grpc.RpcMethodHandler):
+        """Health/Watch, counted while open: its slot goes back when the stream ends."""
+        wrapped = self._wrapped.get(HEALTH_WATCH)
+        if wrapped is None:
+            behavior, watches = handler.unary_stream, self.watches
+
+            def watch(request, context, send_response_callback=None):
+                if not watches.take():
+                    if self._on_refused is not None:
+                        self._on_refused("busy")
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is at its "
+                                  f"limit of {watches.limit} {watches.what}; retry with backoff")
+                if not context.add_callback(watches.give):  # the stream already ended
+                    watches.give()
+                if send_response_callback is None:
+                    return behavior(request, context)
+                return behavior(request, context, send_response_callback=send_response_callback)
+
+            # the health servicer answers by callback and frees its thread; keep it so
+            watch.experimental_non_blocking = getattr(behavior, "experimental_non_blocking",
+                                                      False)
+            wrapped = self._wrapped[HEALTH_WATCH] = grpc.unary_stream_rpc_method_handler(
+                watch, handler.request_deserializer, handler.response_serializer)
         return wrapped
 
     def _tolerant_stream(self, method: str, handler: grpc.RpcMethodHandler):

@@ -250,3 +250,35 @@ def test_a_call_that_would_miss_its_deadline_is_refused_at_once():
     finally:
         stop.set()
         server.stop(1).wait()
+
+
+def test_open_health_watches_are_bounded_and_their_slots_come_back():
+    """Watch needs no token and stays open (about 19 KB each): 1,817 opened in 4 s took 34 MB
+    with nothing bounding them. Past max_watches a new one is refused at once."""
+    admission = Admission(2, 1, max_watches=3)
+    server = grpc.server(AdmittedExecutor(admission), interceptors=[admission],
+                         maximum_concurrent_rpcs=admission.threads)
+    health_pb2_grpc.add_HealthServicer_to_server(
+        health.HealthServicer(experimental_non_blocking=True), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watches = []
+            for _ in range(3):
+                watches.append(stub.Watch(health_pb2.HealthCheckRequest(), timeout=30))
+                assert next(watches[-1]).status == health_pb2.HealthCheckResponse.SERVING
+            with expect_error(EXHAUSTED, "limit of 3 Health/Watch streams open"):
+                next(stub.Watch(health_pb2.HealthCheckRequest(), timeout=30))
+            assert check_health(channel) < 0.5  # checks are not watches
+            watches.pop().cancel()
+            deadline = time.monotonic() + 5
+            while admission.watches.used > 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            again = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert next(again).status == health_pb2.HealthCheckResponse.SERVING
+            for watch in [*watches, again]:
+                watch.cancel()
+    finally:
+        server.stop(1).wait()
