@@ -67,7 +67,7 @@ report: install
 
 # Publish the newest deployable artifact as the next version under $(MODELS)/<name>/.
 deploy: install
-	$(BIN)/python -m serving.deploy --models $(MODELS) $(if $(filter-out artifacts/latest,$(ARTIFACT)),$(ARTIFACT))
+	$(BIN)/python -m serving.repository.publish --models $(MODELS) $(if $(filter-out artifacts/latest,$(ARTIFACT)),$(ARTIFACT))
 
 # Serve the model repository (newest version of each model) until Ctrl-C.
 serve: install

@@ -27,10 +27,10 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from serving.cam import get_method, render  # noqa: E402
 from serving.card import load_card  # noqa: E402
-from serving.interpreter import TFLiteModel  # noqa: E402
-from serving.pipeline.cam import get_method, render  # noqa: E402
-from serving.pipeline.explain import activations_and_gradients, load_head_weights  # noqa: E402
+from serving.runtime.explain import activations_and_gradients, load_head_weights  # noqa: E402
+from serving.runtime.interpreter import TFLiteModel  # noqa: E402
 
 BATCHES = (1, 32)
 # Calls per case per round: back-to-back like a busy server worker, so caches are warm.

@@ -92,9 +92,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from serving.card import load_card  # noqa: E402
-from serving.interpreter import TFLiteModel  # noqa: E402
-from serving.pipeline.decode import decode_image  # noqa: E402
+from serving.image.decode import decode_image  # noqa: E402
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb  # noqa: E402
+from serving.runtime.interpreter import TFLiteModel  # noqa: E402
 
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 TARGETS = {  # name: (comparison, limit, unit)

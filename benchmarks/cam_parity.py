@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/cam_parity.py ARTIFACT [--images 500]
 
 The reference is the keras-io Grad-CAM method on the Keras model, rebuilt in float32. The served
-side goes through the server's own code (``serving.pipeline.explain`` and
-``serving.pipeline.cam``). The script prints the Pearson r of each image's map and the largest
+side goes through the server's own code (``serving.runtime.explain`` and
+``serving.cam``). The script prints the Pearson r of each image's map and the largest
 absolute difference. Maps in [0, 1], Grad-CAM, targets = true labels.
 """
 
@@ -20,10 +20,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from serving.interpreter import TFLiteModel  # noqa: E402
-from serving.pipeline.cam import get_method  # noqa: E402
-from serving.pipeline.cam.metrics import map_correlation  # noqa: E402
-from serving.pipeline.explain import activations_and_gradients, load_head_weights  # noqa: E402
+from serving.cam import get_method  # noqa: E402
+from serving.cam.faithfulness import map_correlation  # noqa: E402
+from serving.runtime.explain import activations_and_gradients, load_head_weights  # noqa: E402
+from serving.runtime.interpreter import TFLiteModel  # noqa: E402
 
 
 def reference_maps(model, images, targets) -> np.ndarray:

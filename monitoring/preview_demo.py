@@ -23,11 +23,11 @@ from PIL import Image
 
 from monitoring import local_prometheus
 from monitoring.grafana.preview import preview
+from serving.api.server import create_server
 from serving.config import ServerConfig
-from serving.deploy import deploy
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
-from serving.server import create_server
+from serving.repository.publish import deploy
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRAPE = 2  # seconds

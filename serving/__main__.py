@@ -1,5 +1,5 @@
-"""``python -m serving``: run the gRPC server (see ``serving.server``)."""
+"""``python -m serving``: run the gRPC server (see ``serving.api.server``)."""
 
-from serving.server import main
+from serving.api.server import main
 
 main()

@@ -1,4 +1,4 @@
-"""One error tree for the serving path; it knows nothing of gRPC (``serving.status`` maps it).
+"""One error tree for the serving path; it knows nothing of gRPC (``serving.api.status`` maps it).
 
 Every failure a client can cause or meet is a ``ServingError`` with a ``reason`` (a short label
 from a fixed set, safe as a metric label) and a message that names the problem. A message may

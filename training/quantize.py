@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from serving.card import save_card
-from serving.interpreter import TFLiteModel
+from serving.runtime.interpreter import TFLiteModel
 from training import models
 from training.artifact import load_artifact
 from training.cam_export import affine_head, export_saved_model

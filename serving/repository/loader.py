@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from serving.card import CardError, ModelCard, load_card
-from serving.interpreter import TFLiteModel
-from serving.pipeline.explain import load_head_weights
 from serving.repository.servable import Servable
+from serving.runtime.explain import load_head_weights
+from serving.runtime.interpreter import TFLiteModel
 
 __all__ = ["MODEL_FILE", "LoadError", "file_sha256", "load_servable"]
 

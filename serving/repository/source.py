@@ -2,7 +2,7 @@
 
 The repository is ``<base>/<name>/<version>/`` (a positive integer without leading zeros), plus
 an optional ``<base>/<name>/labels.json`` such as ``{"stable": 3, "canary": 4}``. Names starting
-with "." or "_" are skipped: ``serving.deploy`` stages a version as ``.tmp-...`` and renames it,
+with "." or "_" are skipped: ``repository.publish`` stages a version as ``.tmp-...`` and renames it,
 so a version directory appears whole or not at all.
 
 Per model, the aspired versions are what the version policy selects plus every labelled version;

@@ -10,11 +10,11 @@ import yaml
 
 from monitoring.grafana.panels import default_variables, load_dashboards, panel_expressions
 from monitoring.grafana.preview import preview
+from serving.api.server import create_server
 from serving.config import ServerConfig
-from serving.deploy import deploy
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
-from serving.server import create_server
+from serving.repository.publish import deploy
 from tests.monitoring.conftest import RULES
 from tests.serving.conftest import classify_request, image_bytes
 

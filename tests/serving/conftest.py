@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import time
 import urllib.request
 
 import grpc
@@ -14,11 +15,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.api.server import create_server
 from serving.config import ServerConfig
-from serving.deploy import deploy
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
-from serving.server import create_server
+from serving.repository.publish import deploy
 from tests.conftest import encode
 
 MODEL = "gap"  # the deployed model's name (the artifact's card name)
@@ -144,3 +145,12 @@ def samples(text: str) -> dict[tuple, float]:
 
 def value(found, name, **labels):
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_for_version(stub, version, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).version == version:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"version {version} was not served within {timeout}s")

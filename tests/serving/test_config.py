@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from serving.config import ConfigError, ServerConfig, load_config
-from serving.logs import JsonFormatter
+from serving.observe.logs import JsonFormatter
 
 
 def test_precedence_defaults_file_environment_flags(tmp_path):

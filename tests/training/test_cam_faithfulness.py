@@ -24,17 +24,17 @@ import pytest
 from PIL import Image, ImageFilter
 
 import training
-from serving.card import load_card
-from serving.interpreter import TFLiteModel
-from serving.pipeline.cam import METHODS, get_method, render
-from serving.pipeline.cam.metrics import (
+from serving.cam import METHODS, get_method, render
+from serving.cam.faithfulness import (
     deletion_auc,
     deletion_curves,
     map_correlation,
     peaks,
     pointing_game,
 )
-from serving.pipeline.explain import activations_and_gradients, load_head_weights
+from serving.card import load_card
+from serving.runtime.explain import activations_and_gradients, load_head_weights
+from serving.runtime.interpreter import TFLiteModel
 from training import models
 from training.config import load_config
 from training.data import load_dataset

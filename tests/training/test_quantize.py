@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from serving.cam import get_method
+from serving.cam.faithfulness import map_correlation
 from serving.card import load_card
-from serving.interpreter import TFLiteModel
-from serving.pipeline.cam import get_method
-from serving.pipeline.cam.metrics import map_correlation
-from serving.pipeline.explain import activations_and_gradients, load_head_weights
+from serving.runtime.explain import activations_and_gradients, load_head_weights
+from serving.runtime.interpreter import TFLiteModel
 from training.config import load_config
 from training.data import load_dataset
 from training.quantize import QuantizationGateError, quantize_artifact

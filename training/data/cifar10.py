@@ -126,6 +126,6 @@ def _from_keras() -> tuple[np.ndarray, np.ndarray]:
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
-    from serving.pipeline.preprocess import to_model_input
+    from serving.image.preprocess import to_model_input
 
     return np.stack([to_model_input(Image.fromarray(im), size, size) for im in images])

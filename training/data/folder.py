@@ -5,7 +5,7 @@ Layout: ``<class>/<image>``, optionally under ``train/`` and ``val/`` (``validat
 sorted. Without a ``val/`` split a stratified validation split is carved with the run's seed.
 
 Images are decoded with Pillow on a thread pool (decoding releases the GIL) and resized with
-``serving.pipeline.preprocess`` — the function the server uses. A file that will not decode is
+``serving.image.preprocess`` — the function the server uses. A file that will not decode is
 counted, logged with its path and skipped; the run goes on.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps
 
-from serving.pipeline.preprocess import to_model_input
+from serving.image.preprocess import to_model_input
 from training.config import DataConfig
 from training.errors import UserError
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from serving.cam import METHODS, get_method
 from serving.card import ModelCard
-from serving.pipeline.cam import METHODS, get_method
 from training.report import figures
 from training.report.page import Figure, render
 
@@ -153,8 +153,8 @@ def _cam_inputs(artifact_dir: Path, card: ModelCard, model, images, targets):
     tflite = artifact_dir / "model.tflite"
     cam = card.model.get("cam")
     if tflite.is_file() and cam:
-        from serving.interpreter import TFLiteModel
-        from serving.pipeline.explain import activations_and_gradients, load_head_weights
+        from serving.runtime.explain import activations_and_gradients, load_head_weights
+        from serving.runtime.interpreter import TFLiteModel
 
         weights = load_head_weights(artifact_dir, card)
         _, activations, gradients, _ = activations_and_gradients(

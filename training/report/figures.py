@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from serving.pipeline.cam import render  # noqa: E402
+from serving.cam import render  # noqa: E402
 
 __all__ = ["cam_gallery", "confusion_matrices", "feature_maps", "first_layer_filters",
            "image_grid", "per_class_bars", "training_curves"]

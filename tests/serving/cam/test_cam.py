@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from serving.pipeline.cam import METHODS, BaseCAM, get_method
+from serving.cam import METHODS, BaseCAM, get_method
 from tests.conftest import ROOT
 
 BOXES = [(1, 4, 5, 8), (4, 7, 0, 3), (2, 5, 2, 5)]  # (top, bottom, left, right) per image
@@ -138,7 +138,7 @@ def test_unknown_method_lists_the_known_ones():
 
 def test_imports_no_tensorflow():
     code = (
-        "import serving.pipeline.cam, serving.pipeline.cam.render, sys; "
+        "import serving.cam, serving.cam.render, sys; "
         "assert not any(m.startswith(('tensorflow', 'keras')) for m in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.pipeline.cam.render import INFERNO, colorize, overlay, to_png, upsample
-from serving.pipeline.preprocess import RESAMPLE
+from serving.cam.render import INFERNO, colorize, overlay, to_png, upsample
+from serving.image.preprocess import RESAMPLE
 
 
 def test_upsample_keeps_a_constant():

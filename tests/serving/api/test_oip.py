@@ -1,0 +1,61 @@
+"""The Open Inference Protocol v2 through Triton's own client (tritonclient[grpc] from PyPI).
+
+tritonclient pins protobuf < 7, so it lives in its own virtual environment (``.venv-triton``,
+made by ``make tools``) and talks to the server from a subprocess, as a real client would.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.serving.conftest import image_bytes
+
+TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
+pytestmark = pytest.mark.skipif(not TRITON_PYTHON.exists(),
+                                reason="no .venv-triton: run `make tools`")
+
+
+def test_triton_client_works_unchanged(server, tmp_path):
+    image = tmp_path / "image.png"
+    image.write_bytes(image_bytes())
+    done = subprocess.run([str(TRITON_PYTHON), str(ROOT / "tests/serving/api/oip_client.py"),
+                           f"127.0.0.1:{server.port}", str(image)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert (seen["live"], seen["ready"], seen["model_ready"], seen["unknown_ready"]) == \
+        (True, True, True, False)
+    assert seen["server"] == "sightline" and ["image", "BYTES"] in seen["inputs"]
+    assert seen["bytes_shape"] == [2, 6], seen
+    assert all(abs(s - 1) < 0.02 for s in seen["bytes_sums"]), seen  # int8 softmax: 1/256 steps
+    assert seen["id"] == "oip-1"
+    assert len(seen["classification"]) == 3 and all(len(row) == 2 for row in
+                                                    seen["classification"])
+    score, index, label = seen["classification"][0][0].split(":")
+    assert 0 < float(score) <= 1 and 0 <= int(index) < 6 and label
+    assert seen["heatmap_shape"] == [3, 32, 32] and len(seen["fp32_argmax"]) == 3
+    assert seen["bad_status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "input 0" in seen["bad_message"]
+
+
+def test_oip_and_classify_agree(server, channel):
+    """The same pixels give the same probabilities through both APIs (stubs in-process)."""
+    import numpy as np
+
+    from serving.protos_gen.inference import grpc_predict_v2_pb2 as oip
+    from serving.protos_gen.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+    from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
+    from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
+
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    request = oip.ModelInferRequest(model_name="gap", raw_input_contents=[pixels.tobytes()])
+    request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 32, 32, 3])
+    response = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    probabilities = np.frombuffer(response.raw_output_contents[0], "<f4")
+    tensor = pb.Tensor(shape=[32, 32, 3], dtype="uint8", data=pixels.tobytes())
+    classify = pb_grpc.ImageClassifierStub(channel).Classify(
+        pb.ClassifyRequest(tensor=tensor, top_k=6), timeout=10)
+    for c in classify.classes:
+        assert abs(probabilities[c.index] - c.score) < 1e-6
