@@ -73,7 +73,6 @@ import json
 import os
 import pickle
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -91,6 +90,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from monitoring.local_prometheus import free_port  # noqa: E402
 from serving.card import load_card  # noqa: E402
 from serving.image.decode import decode_image  # noqa: E402
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb  # noqa: E402
@@ -202,12 +202,6 @@ def status_kb(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise KeyError(f"{key} not in /proc/{pid}/status")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:

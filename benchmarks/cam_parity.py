@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/cam_parity.py ARTIFACT [--images 500]
 
-The reference is the keras-io Grad-CAM method on the Keras model, rebuilt in float32. The served
-side goes through the server's own code (``serving.runtime.explain`` and
-``serving.cam``). The script prints the Pearson r of each image's map and the largest
-absolute difference. Maps in [0, 1], Grad-CAM, targets = true labels.
+The reference is ``training.cam_export.reference_cam_inputs`` (the keras-io Grad-CAM method) on
+the Keras model, rebuilt in float32. The served side goes through the server's own code
+(``serving.runtime.explain`` and ``serving.cam``). The script prints the Pearson r of each
+image's map and the largest absolute difference. Maps in [0, 1], Grad-CAM, targets = true labels.
 """
 
 from __future__ import annotations
@@ -26,21 +26,10 @@ from serving.runtime.explain import activations_and_gradients, load_head_weights
 from serving.runtime.interpreter import TFLiteModel  # noqa: E402
 
 
-def reference_maps(model, images, targets) -> np.ndarray:
-    import keras
-    import tensorflow as tf
-
-    grad_model = keras.Model(model.input, [model.get_layer("features").output,
-                                           model.get_layer("logits").output])
-    with tf.GradientTape() as tape:
-        activations, logits = grad_model(tf.constant(images.astype(np.float32)), training=False)
-        score = tf.reduce_sum(logits * tf.one_hot(targets, logits.shape[-1]), axis=1)
-    return get_method("gradcam")(activations.numpy(), tape.gradient(score, activations).numpy())
-
-
 def main() -> None:
     from training.artifact import load_artifact
-    from training.quantize import _float32_model
+    from training.cam_export import reference_cam_inputs
+    from training.quantize import float32_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("artifact", type=Path)
@@ -49,8 +38,8 @@ def main() -> None:
     artifact = load_artifact(args.artifact)
     images = artifact.dataset.val_images[: args.images]
     targets = artifact.dataset.val_labels[: args.images]
-    reference = reference_maps(_float32_model(artifact.model, artifact.config, artifact.card),
-                               images, targets)
+    model = float32_model(artifact.model, artifact.config, artifact.card)
+    reference = get_method("gradcam")(*reference_cam_inputs(model, images, targets))
     informative = reference.std(axis=(1, 2)) > 0
     weights = load_head_weights(args.artifact, artifact.card)
     print(f"{'variant':<8} {'mean r':>8} {'min r':>8} {'max |d|':>8} flat ({informative.sum()} "

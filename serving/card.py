@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "CARD_FILE",
+    "MODEL_FILE",
     "SCHEMA_VERSION",
     "CardError",
     "Histogram",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 CARD_FILE = "card.json"
+MODEL_FILE = "model.tflite"  # the model every model directory serves
 SCHEMA_VERSION = 1
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from serving.batching.policy import BatchPolicy
+
 __all__ = ["ConfigError", "ServerConfig", "load_config"]
 
 ENV_PREFIX = "SIGHTLINE_"
@@ -45,10 +47,11 @@ class ServerConfig:
     stream_idle_seconds: float = 30.0  # a ClassifyStream with nothing sent or owed is closed
 
     # Dynamic batching, per model version.
-    max_batch_size: int = 32
-    max_queue_delay_ms: float = 2.0  # how long a lone request waits for company
-    max_queue_size: int = 256  # queued requests beyond this are refused (RESOURCE_EXHAUSTED)
-    wait_when_idle: bool = False  # True: wait out the delay even when no batch is running
+    # Batching: the defaults are BatchPolicy's (serving/batching/policy.py), written once.
+    max_batch_size: int = BatchPolicy.max_batch_size
+    max_queue_delay_ms: float = BatchPolicy.max_queue_delay_s * 1000  # a lone request's wait
+    max_queue_size: int = BatchPolicy.max_queue_size  # past this: RESOURCE_EXHAUSTED
+    wait_when_idle: bool = BatchPolicy.wait_when_idle  # wait out the delay even when idle
     workers: int = 0  # interpreter threads per version; 0: one per CPU core
     interpreter_threads: int = 1  # LiteRT threads per interpreter
 
@@ -129,6 +132,13 @@ class ServerConfig:
     @property
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+    @property
+    def batch_policy(self) -> BatchPolicy:
+        return BatchPolicy(max_batch_size=self.max_batch_size,
+                           max_queue_delay_s=self.max_queue_delay_ms / 1000,
+                           max_queue_size=self.max_queue_size, workers=self.worker_count,
+                           wait_when_idle=self.wait_when_idle)
 
     @property
     def decode_slots(self) -> int:

@@ -1,4 +1,10 @@
-"""``python -m training {train,evaluate}``.
+"""``python -m training COMMAND``, where COMMAND is one of:
+
+    train     train a model and write an artifact
+    evaluate  evaluate an artifact, update its card
+    quantize  convert to TFLite, verify, gate int8
+    report    write the visual HTML report of an artifact
+    samples   write validation images of an artifact's dataset as PNG files
 
 A mistake of the user's (``UserError``) prints one line and exits 2; anything else is a bug and
 keeps its traceback. Config and dataset checks run before TensorFlow is imported.
@@ -18,7 +24,8 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "shapes.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model and write an artifact")

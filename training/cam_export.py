@@ -1,4 +1,5 @@
-"""The TFLite signatures of a trained model: ``classify`` and ``cam_inputs`` for Grad-CAM.
+"""The TFLite signatures of a trained model: ``classify`` and ``cam_inputs`` for Grad-CAM, and
+``reference_cam_inputs``, the GradientTape reference that the exported maps are checked against.
 
 Facts that shape this module (measured with TensorFlow 2.21, Keras 3.15, LiteRT 2.3):
 - Export goes through ``keras.export.ExportArchive``. A plain ``tf.Module`` wrapper converts
@@ -22,7 +23,7 @@ import tensorflow as tf
 
 from training.models import FEATURE_LAYER, LOGITS_LAYER
 
-__all__ = ["affine_head", "export_saved_model", "head_layers"]
+__all__ = ["affine_head", "export_saved_model", "head_layers", "reference_cam_inputs"]
 
 _AFFINE = (keras.layers.Dropout, keras.layers.Rescaling, keras.layers.Dense)
 
@@ -145,3 +146,19 @@ def export_saved_model(model: keras.Model, directory: str) -> str:
         kind = "gradient"
     archive.write_out(directory, verbose=False)
     return kind
+
+
+def reference_cam_inputs(model: keras.Model, images: np.ndarray,
+                         targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(activations, gradients of the target logits) at the feature map, float32, by a
+    GradientTape on the Keras model (the keras-io Grad-CAM example's method): the float
+    reference that the maps of the exported TFLite models are checked against."""
+    probe = keras.Model(model.input, [model.get_layer(FEATURE_LAYER).output,
+                                      model.get_layer(LOGITS_LAYER).output])
+    with tf.GradientTape() as tape:
+        activations, logits = probe(tf.constant(images, tf.float32), training=False)
+        score = tf.reduce_sum(tf.cast(logits, tf.float32)
+                              * tf.one_hot(targets, logits.shape[-1]), axis=1)
+    gradients = tape.gradient(score, activations)
+    return (keras.ops.convert_to_numpy(activations).astype(np.float32),
+            keras.ops.convert_to_numpy(gradients).astype(np.float32))

@@ -30,8 +30,6 @@ __all__ = [
     "load_config",
 ]
 
-DATASETS = ("shapes", "cifar10", "folder")
-MODEL_NAMES = ("basic_cnn", "resnet", "mobilenet_v3_small", "airbench")  # = training.models.MODELS
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 LOSSES = ("crossentropy", "weighted_crossentropy", "focal")
@@ -133,8 +131,6 @@ class Config:
 _CHOICES = {
     "strategy": STRATEGIES,
     "precision": PRECISIONS,
-    "data.name": DATASETS,
-    "model.name": MODEL_NAMES,
     "loss.name": LOSSES,
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
@@ -222,7 +218,12 @@ def _coerce(value, expected, dotted: str):
 
 
 def _validate(config: Config) -> None:
-    for dotted, allowed in _CHOICES.items():
+    # The registries import this module, so they are imported here, not at the top.
+    from training.data import DATASETS
+    from training.models import MODELS
+
+    choices = {**_CHOICES, "data.name": DATASETS, "model.name": MODELS}
+    for dotted, allowed in choices.items():
         value = _get(config, dotted)
         if value not in allowed:
             raise UserError(

@@ -36,7 +36,7 @@ from training.cam_export import affine_head, export_saved_model
 from training.errors import UserError
 from training.export import file_digest
 
-__all__ = ["MODES", "QuantizationGateError", "quantize_artifact"]
+__all__ = ["MODES", "QuantizationGateError", "float32_model", "quantize_artifact"]
 
 log = logging.getLogger("sightline.training")
 
@@ -56,7 +56,7 @@ def quantize_artifact(artifact_dir: str | Path, modes: list[str] = ("int8",),
             raise UserError(f"unknown quantization mode {mode!r}; known: {', '.join(MODES)}")
     artifact = load_artifact(artifact_dir)
     card, config, dataset = artifact.card, artifact.config, artifact.dataset
-    model = _float32_model(artifact.model, config, card)
+    model = float32_model(artifact.model, config, card)
     keras_probabilities = model.predict(dataset.val_images.astype(np.float32), batch_size=256,
                                         verbose=0)
     keras_accuracy = float((keras_probabilities.argmax(1) == dataset.val_labels).mean())
@@ -100,7 +100,7 @@ def quantize_artifact(artifact_dir: str | Path, modes: list[str] = ("int8",),
     return card.quantization
 
 
-def _float32_model(model: keras.Model, config, card) -> keras.Model:
+def float32_model(model: keras.Model, config, card) -> keras.Model:
     """A mixed-precision model is rebuilt in float32 with its weights copied: TFLite's
     converter and the int8 calibrator expect float32 graphs."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):

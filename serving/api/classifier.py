@@ -12,15 +12,16 @@ import logging
 import queue
 import threading
 import time
-import uuid
 
 import grpc
 
 from serving.api.admission import MALFORMED
 from serving.api.status import answer_errors, status_of
 from serving.cam import METHODS
+from serving.card import MODEL_FILE
 from serving.errors import INTERNAL_MESSAGE, BadRequest, ServingError
-from serving.inference.dataplane import MAX_ID_CHARS, Explain, Inference, Result, deadline_after
+from serving.inference.dataplane import Inference
+from serving.inference.types import MAX_ID_CHARS, Explain, Result, deadline_after
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -46,8 +47,7 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
 
     @answer_errors
     def Classify(self, request, context):
-        result, top_k = self.inference.finish(self._submit(request, context))
-        return _response(result, top_k, request.request_id or uuid.uuid4().hex)
+        return _response(*self.inference.finish(self._submit(request, context)))
 
     def ClassifyStream(self, request_iterator, context):
         """A reader thread decodes and queues each request as it arrives (up to stream_window
@@ -141,8 +141,7 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         try:
             if isinstance(item, ServingError):
                 raise item
-            result, top_k = self.inference.finish(item)
-            return _response(result, top_k, request.request_id or uuid.uuid4().hex)
+            return _response(*self.inference.finish(item))
         except ServingError as exc:
             return _error_response(request, status_of(exc), str(exc))
         except Exception:  # a bug in finishing: answer this request, keep the stream going
@@ -163,13 +162,10 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             labels=manager.labels().get(servable.name, {}),
             classes=card.labels, input_height=card.input.height, input_width=card.input.width,
             input_dtype="uint8", variant=card.quantization.get("primary", ""),
-            sha256=card.files["model.tflite"]["sha256"], cam_methods=list(METHODS),
+            sha256=card.files[MODEL_FILE]["sha256"], cam_methods=list(METHODS),
             cam_head=card.model.get("cam", {}).get("head", ""))
 
     def _submit(self, request, context, in_stream: bool = False):
-        if len(request.request_id) > MAX_ID_CHARS:
-            raise BadRequest("bad_request_id", f"request_id is {len(request.request_id):,} "
-                                               f"characters; at most {MAX_ID_CHARS}")
         kind = request.WhichOneof("input")
         tensor = None
         if kind == "tensor":
@@ -189,7 +185,8 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         if spec.version < 0:
             raise BadRequest("bad_version", f"model version must be positive; got {spec.version}")
         return self.inference.submit(
-            name=spec.name, version=spec.version or None, label=spec.label or None,
+            request_id=request.request_id, name=spec.name, version=spec.version or None,
+            label=spec.label or None,
             image=request.image if kind == "image" else None, tensor=tensor,
             top_k=request.top_k if request.HasField("top_k") else None, explain=explain,
             deadline=deadline,
@@ -251,12 +248,13 @@ def _error_response(request, code: grpc.StatusCode, message: str) -> pb.Classify
                                error=pb.Error(code=code.value[0], message=message))
 
 
-def _response(result: Result, top_k: int, request_id: str) -> pb.ClassifyResponse:
+def _response(result: Result, top_k: int) -> pb.ClassifyResponse:
     t = result.timing
     response = pb.ClassifyResponse(
         classes=[pb.Class(index=i, label=label, score=score)
                  for i, label, score in result.top(top_k)],
-        model_name=result.model_name, model_version=result.model_version, request_id=request_id,
+        model_name=result.model_name, model_version=result.model_version,
+        request_id=result.request_id,
         timing=pb.Timing(decode_seconds=t.decode_seconds, queue_seconds=t.queue_seconds,
                          inference_seconds=t.inference_seconds,
                          explain_seconds=t.explain_seconds, total_seconds=t.total_seconds))

@@ -22,7 +22,8 @@ import numpy as np
 
 from serving.api.status import answer_errors
 from serving.errors import BadRequest, ServingError, shown
-from serving.inference.dataplane import MAX_ID_CHARS, Explain, Inference, deadline_after
+from serving.inference.dataplane import Inference
+from serving.inference.types import Explain, deadline_after, request_id_for
 from serving.protos_gen.inference import grpc_predict_v2_pb2 as pb
 from serving.protos_gen.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -77,11 +78,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         # Every field is checked against the request's own bytes before anything is allocated
         # per image or queued (docs/limits.md).
-        if len(request.id) > MAX_ID_CHARS:
-            raise BadRequest("bad_request_id", f"id is {len(request.id):,} characters; at most "
-                                               f"{MAX_ID_CHARS}")
+        rid = request_id_for(request.id)  # one id for all of the request's images
         servable = self.inference.servable(request.model_name,
-                                           _version_number(request.model_version))
+                                           _version_number(request.model_version),
+                                           _label(request.parameters))
         card = servable.card
         explain = _explain(request.parameters)
         wanted, classification = _outputs(request.outputs, explain, card.num_classes)
@@ -92,15 +92,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             for index, item in enumerate(items):
                 try:
                     pending.append(self.inference.submit(
-                        name=servable.name, version=servable.version, deadline=deadline,
-                        explain=explain, **item))
+                        request_id=rid, name=servable.name, version=servable.version,
+                        deadline=deadline, explain=explain, **item))
                 except BadRequest as exc:
                     raise BadRequest(exc.reason, f"input {index}: {exc}") from None
         finally:
             results = [self._finish(p) for p in pending]
         if any(isinstance(r, ServingError) for r in results):
             raise next(r for r in results if isinstance(r, ServingError))
-        response = pb.ModelInferResponse(model_name=servable.name, id=request.id,
+        response = pb.ModelInferResponse(model_name=servable.name, id=rid,
                                          model_version=str(servable.version))
         if "probabilities" in wanted:
             if classification:
@@ -250,6 +250,11 @@ def _parameter(parameters, name: str, kind: str):
         raise BadRequest("bad_parameter", f"parameter {name} must be {PARAMETER_KINDS[kind]} "
                                           f"({kind}); got {given or 'no value'}")
     return getattr(parameters[name], kind)
+
+
+def _label(parameters) -> str | None:
+    """The ``model_label`` parameter: a version label (labels.json), in place of a version."""
+    return _parameter(parameters, "model_label", "string_param") or None
 
 
 def _explain(parameters) -> Explain | None:

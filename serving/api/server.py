@@ -35,9 +35,12 @@ from serving.api.admission import Admission, AdmittedExecutor
 from serving.api.auth import BearerTokenInterceptor, read_tokens
 from serving.config import ConfigError, ServerConfig, load_config
 from serving.image.decode import DecodeLimits
-from serving.inference.dataplane import BatchingConfig, Inference
+from serving.inference.attachments import AttachingLoader
+from serving.inference.dataplane import Inference
+from serving.inference.observer import NO_OBSERVER
+from serving.observe.interceptor import GrpcMetricsInterceptor
 from serving.observe.logs import setup_logging
-from serving.observe.metrics import GrpcMetricsInterceptor, ServingMetrics
+from serving.observe.metrics import ServingMetrics
 from serving.observe.metrics_http import MetricsServer
 from serving.repository.loader import LoadError
 from serving.repository.manager import ModelManager
@@ -170,17 +173,10 @@ def create_server(config: ServerConfig, port: int | None = None,
         ProcessCollector(registry=metrics.registry)
         GCCollector(registry=metrics.registry)
         PlatformCollector(registry=metrics.registry)
-    inference = Inference(
-        None,
-        BatchingConfig(max_batch_size=config.max_batch_size,
-                       max_queue_delay_s=config.max_queue_delay_ms / 1000,
-                       max_queue_size=config.max_queue_size, workers=config.worker_count,
-                       wait_when_idle=config.wait_when_idle),
-        DecodeLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels),
-        default_model=config.default_model, observer=metrics,
-        drift=(config.drift_window, config.drift_min_samples), max_decodes=config.decode_slots)
-    threads = config.interpreter_threads
-    loader = inference.loader(lambda path: TFLiteModel(path, num_threads=threads))
+    loader = AttachingLoader(
+        lambda path: TFLiteModel(path, num_threads=config.interpreter_threads),
+        config.batch_policy, observer=metrics or NO_OBSERVER,
+        drift=(config.drift_window, config.drift_min_samples))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     on_event = metrics.model_event if metrics is not None else None
     source = None
@@ -190,9 +186,12 @@ def create_server(config: ServerConfig, port: int | None = None,
         manager = ModelManager(loader=loader, on_event=on_event)
         source = DirectorySource(config.model_repository, _policy(config),
                                  interval_seconds=config.poll_seconds)
-    inference.manager = manager
+    inference = Inference(
+        manager, default_model=config.default_model, observer=metrics or NO_OBSERVER,
+        limits=DecodeLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels),
+        max_decodes=config.decode_slots)
     if metrics is not None:
-        metrics.watch(manager, drift_of=lambda name: _drift(manager, name))
+        metrics.watch(manager)
 
     tokens = read_tokens(config.auth_token_file) if config.auth_token_file else None
     admission = Admission(
@@ -225,15 +224,6 @@ def create_server(config: ServerConfig, port: int | None = None,
     bound = _bind(grpc_server, address, config)
     return Server(config, grpc_server, bound, inference, manager, health_servicer, source,
                   metrics, admission=admission, classifier=classifier, tokens=tokens)
-
-
-def _drift(manager: ModelManager, name: str) -> dict | None:
-    """The drift of a model's newest served version, as its monitor sees it now."""
-    try:
-        monitor = manager.get(name).resources.get("drift")
-    except LookupError:
-        return None
-    return None if monitor is None else monitor.snapshot()
 
 
 def _policy(config: ServerConfig):

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.batching.policy import BatchPolicy
+
 __all__ = ["BatcherClosed", "DeadlineExpired", "DynamicBatcher", "Job", "QueueFull", "Runner"]
 
 logger = logging.getLogger(__name__)
@@ -74,25 +76,21 @@ Runner = Callable[[str, list[Job]], Sequence[Any]]
 
 
 class DynamicBatcher:
-    def __init__(self, make_runner: Callable[[], Runner], *, max_batch_size: int = 32,
-                 max_queue_delay_s: float = 0.002, max_queue_size: int = 256, workers: int = 1,
-                 name: str = "batcher", wait_when_idle: bool = False):
-        """Start ``workers`` threads; each calls ``make_runner()`` itself, so each builds its own
-        interpreter. Returns once every runner is built; if one fails, raises its error."""
-        for key, value, least in (("max_batch_size", max_batch_size, 1),
-                                  ("max_queue_delay_s", max_queue_delay_s, 0),
-                                  ("max_queue_size", max_queue_size, 1), ("workers", workers, 1)):
-            if value < least:
-                raise ValueError(f"{name}: {key} must be >= {least}, got {value!r}")
+    def __init__(self, make_runner: Callable[[], Runner], policy: BatchPolicy | None = None, *,
+                 name: str = "batcher"):
+        """Start ``policy.workers`` threads; each calls ``make_runner()`` itself, so each builds
+        its own interpreter. Returns once every runner is built; if one fails, raises its error."""
+        policy = policy or BatchPolicy()
         self.name = name
         self.on_batch: Callable[[str, int], None] | None = None  # metrics hook: (kind, size)
         self.on_late: Callable[[str, int], None] | None = None  # (kind, results past deadline)
         self.batch_seconds: dict[str, float] = {}  # kind -> running average of a batch's time
         self._make_runner = make_runner
-        self._max_batch = max_batch_size
-        self._delay = max_queue_delay_s
-        self._max_queue = max_queue_size
-        self._wait_when_idle = wait_when_idle
+        self.policy = policy
+        self._max_batch = policy.max_batch_size
+        self._delay = policy.max_queue_delay_s
+        self._max_queue = policy.max_queue_size
+        self._wait_when_idle = policy.wait_when_idle
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # workers looking for a kind to batch
         self._gathering = threading.Condition(self._lock)  # workers waiting for a batch to fill
@@ -101,7 +99,7 @@ class DynamicBatcher:
         self._depth = 0
         self._in_flight = 0
         self._closing = False
-        ready = [Future() for _ in range(workers)]
+        ready = [Future() for _ in range(policy.workers)]
         self._threads = [threading.Thread(target=self._work, args=(r,), name=f"{name}-{i}",
                                           daemon=True) for i, r in enumerate(ready)]
         for thread in self._threads:
@@ -129,13 +127,12 @@ class DynamicBatcher:
     def submit(self, kind: str, inputs, target: Any = None,
                deadline: float | None = None) -> Future:
         """Queue one item; the Future resolves to the runner's result for it, or an exception.
-        It carries the ``Job`` as ``future.job``. Never waits for room: raises
+        Never waits for room: raises
         ``DeadlineExpired``, ``BatcherClosed`` or ``QueueFull`` at once instead."""
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExpired(f"{self.name}: deadline passed {now - deadline:.6f}s ago")
         job = Job(kind, inputs, target, deadline, Future(), now)
-        job.future.job = job  # callers read enqueued/started off it for queue-time metrics
         with self._lock:
             if self._closing:
                 raise BatcherClosed(f"{self.name} is closed")

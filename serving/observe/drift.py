@@ -4,10 +4,11 @@ What it is: a sliding window over the last ``window`` classified images that kee
 histograms (predicted class, top-1 confidence, input brightness) and compares them with the
 card's ``ReferenceStats``, which describe the validation split as the model saw it.
 
-Who calls it: the servicer calls ``DriftMonitor.observe`` (or ``observe_batch``) once per
-classified image, on the hot path; the metrics collector calls ``snapshot`` at scrape time and
-sets the gauges of monitoring/METRICS.md (``sightline_drift_psi``, ``sightline_drift_ks``,
-``sightline_drift_window_size``). One monitor per loaded model version.
+Who calls it: each batch worker calls ``observe_batch`` once per batch it ran
+(``inference.runner``), whether or not metrics are exported; the metrics collector calls
+``snapshot`` at scrape time and sets the gauges of monitoring/METRICS.md
+(``sightline_drift_psi``, ``sightline_drift_ks``, ``sightline_drift_window_size``), one series
+per served version. One monitor per loaded model version.
 
 What it guarantees:
 - Live values are binned exactly as ``serving.reference_stats.histogram`` bins the reference, on

@@ -11,8 +11,10 @@ is refused before it serves and never fails mid-request:
 - the model's class count or input size differs from the card's labels and input;
 - the model cannot be opened, or fails a warm-up run.
 
-Warm-up runs ``classify`` on zero images at each warm-up batch size, and ``cam_inputs`` once when
-the card describes a CAM signature, so the first request does not pay for tensor allocation.
+Loading runs ``warm_up`` once: ``classify``, and ``cam_inputs`` when the card describes a CAM
+signature, on zero images. That is the proof that both signatures run. The interpreter it ran
+is the servable's first serving interpreter (``Servable.take_interpreter``); each batch worker
+warms its own with ``warm_up`` at its batch sizes, so no first request pays for allocation.
 """
 
 from __future__ import annotations
@@ -25,14 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from serving.card import CardError, ModelCard, load_card
+from serving.card import MODEL_FILE, CardError, ModelCard, load_card
 from serving.repository.servable import Servable
 from serving.runtime.explain import load_head_weights
 from serving.runtime.interpreter import TFLiteModel
 
-__all__ = ["MODEL_FILE", "LoadError", "file_sha256", "load_servable"]
-
-MODEL_FILE = "model.tflite"
+__all__ = ["LoadError", "file_sha256", "load_servable", "warm_up"]
 
 
 class LoadError(Exception):
@@ -54,7 +54,7 @@ def load_servable(name: str, version: int, path: str | Path, *,
 
     ``open_model(path_to_tflite)`` returns an object with ``classify``, ``cam_inputs``,
     ``num_classes`` and ``input_shape`` (``TFLiteModel``; tests pass a fake). It is also the
-    servable's factory for the extra interpreters the server opens, one per worker thread.
+    servable's factory for the interpreters of its worker threads after the first.
     """
     path = Path(path)
     try:
@@ -79,10 +79,12 @@ def load_servable(name: str, version: int, path: str | Path, *,
         head_weights = load_head_weights(path, card)
     except ValueError as exc:
         raise LoadError(str(exc)) from None
-    warmup_seconds = _warm_up(model, card, warmup_batch_sizes)
+    try:
+        warm_up(model, card, warmup_batch_sizes)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from exc
     return Servable(name, version, card, path, model=model,
-                    model_factory=lambda: open_model(model_path),
-                    head_weights=head_weights, warmup_seconds=warmup_seconds)
+                    model_factory=lambda: open_model(model_path), head_weights=head_weights)
 
 
 def _verify(path: Path, file: str, card: ModelCard) -> None:
@@ -108,21 +110,23 @@ def _check_model(model: Any, card: ModelCard) -> None:
                         f"images but the card says {expected}")
 
 
-def _warm_up(model: Any, card: ModelCard, batch_sizes: Sequence[int]) -> float:
+def warm_up(model: Any, card: ModelCard, batch_sizes: Sequence[int]) -> float:
+    """Run every signature the card serves at each batch size, so that tensors are allocated
+    before a request comes; -> seconds taken. Raises ValueError naming the step that failed."""
     started = time.perf_counter()
     shape = (card.input.height, card.input.width, card.input.channels)
     step = "classify"
     try:
         for batch in batch_sizes:
             step = f"classify at batch size {batch}"
-            probabilities = model.classify(np.zeros((batch, *shape), np.float32))
+            probabilities = model.classify(np.zeros((batch, *shape), np.uint8))
             if probabilities.shape != (batch, card.num_classes):
                 raise ValueError(f"it returned shape {probabilities.shape}")
-        if card.model.get("cam"):
-            step = "cam_inputs"
-            # The one-hot target is ignored by heads that do not need it (GAP).
-            model.cam_inputs(np.zeros((1, *shape), np.float32),
-                             np.eye(card.num_classes, dtype=np.float32)[:1])
+            if card.model.get("cam"):
+                step = f"cam_inputs at batch size {batch}"
+                # The one-hot target is ignored by heads that do not need it (GAP).
+                model.cam_inputs(np.zeros((batch, *shape), np.uint8),
+                                 np.eye(card.num_classes, dtype=np.float32)[[0] * batch])
     except Exception as exc:
-        raise LoadError(f"warm-up {step} failed: {exc}") from exc
+        raise ValueError(f"warm-up {step} failed: {exc}") from exc
     return time.perf_counter() - started

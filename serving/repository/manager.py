@@ -1,6 +1,6 @@
 """The manager: which servables are live, and the one place that swaps them.
 
-gRPC handler threads call ``get`` or ``handle`` on every request; a source (or the server, for a
+gRPC handler threads call ``get`` or ``acquire`` on every request; a source (or the server, for a
 single model directory) calls ``set_aspired`` with the whole list of versions it wants for a
 model. Omitting a version means "unload it"; an empty list unloads the model.
 
@@ -12,7 +12,7 @@ Guarantees:
   as ``load_failed``; a label aimed at it stays on its previous version; if no aspired version
   of a model loads, the versions already served stay served; and if none is served either (a
   cold start), the newest fallback version that loads is served instead.
-- A servable held through ``handle`` is not unloaded until released: retired servables are
+- A servable held through ``acquire`` is not unloaded until released: retired servables are
   drained (up to ``drain_timeout`` seconds) and unloaded in a background thread, so
   ``set_aspired`` waits for loads but never for slow requests. ``wait_for_unloads`` joins them.
 
@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,20 +109,10 @@ class ModelManager:
             raise ModelNotFound(f"model {name!r} has no version {version}; versions: {served}")
         return versions[version]
 
-    @contextlib.contextmanager
-    def handle(self, name: str, version: int | None = None,
-               label: str | None = None) -> Iterator[Servable]:
-        """Hold a servable for one request: it is not unloaded until the block exits."""
-        servable = self.acquire(name, version, label)
-        try:
-            yield servable
-        finally:
-            servable.release()
-
     def acquire(self, name: str, version: int | None = None,
                 label: str | None = None) -> Servable:
-        """``handle`` without the context manager, for a request that is held across calls
-        (the server's submit, then finish): the caller must ``release()`` it exactly once."""
+        """Hold a servable for one request, held across calls (the server's submit, then
+        finish): it is not unloaded until the caller ``release()``s it, exactly once."""
         for _ in range(_ACQUIRE_ATTEMPTS):
             servable = self.get(name, version, label)
             if servable.acquire():

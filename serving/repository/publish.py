@@ -25,8 +25,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from serving.card import CARD_FILE, CardError, ModelCard, load_card, save_card
-from serving.repository.loader import MODEL_FILE, LoadError, file_sha256, load_servable
+from serving.card import CARD_FILE, MODEL_FILE, CardError, ModelCard, load_card, save_card
+from serving.repository.loader import LoadError, file_sha256, load_servable
 from serving.repository.source import LABELS_FILE, read_labels, version_dirs
 from serving.runtime.interpreter import TFLiteModel
 

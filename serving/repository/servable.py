@@ -1,12 +1,14 @@
 """A servable: one loaded version of one model, and the count of requests holding it.
 
-The loader builds it (``serving.repository.loader``); the manager publishes it, hands it to
-requests through ``ModelManager.handle`` and, once no version policy or label wants it, drains and
-unloads it. ``acquire`` fails once draining has begun, so a request either holds a servable that
-stays loaded until it lets go, or is sent back to the manager for the version now served.
+The loader builds it (``repository.loader``); the manager publishes it, lends it to requests
+(``ModelManager.acquire``) and, once no version policy or label wants it, drains and unloads
+it. ``acquire`` fails once draining has begun, so a request either holds a servable that stays
+loaded until it lets go, or is sent back to the manager for the version now served.
 
-Whatever the server attaches per version (a batcher, worker interpreters) goes in ``resources``;
-its clean-up goes in ``on_unload``, which runs after the last holder has let go.
+The data plane attaches what it runs per version in typed fields: its ``batcher`` (whose worker
+threads own the interpreters) and its ``drift`` monitor. Their clean-up goes in ``on_unload``,
+which runs after the last holder has let go. The interpreter the loader checked is not kept
+idle: ``take_interpreter`` hands it to the first worker, and opens fresh ones after that.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serving.card import ModelCard
+
+if TYPE_CHECKING:
+    from serving.batching.batcher import DynamicBatcher
+    from serving.observe.drift import DriftMonitor
 
 __all__ = ["Servable"]
 
@@ -35,12 +41,13 @@ class Servable:
         self.version = version
         self.card = card
         self.path = path
-        self.model = model  # the warmed-up model the loader checked; one thread at a time
-        self.model_factory = model_factory  # a fresh interpreter, e.g. one per worker thread
+        self._checked_model = model  # the interpreter the loader opened and ran
+        self.model_factory = model_factory  # a fresh interpreter, one per worker thread
         self.head_weights = head_weights  # (C, K) GAP head weights for Grad-CAM, or None
-        self.warmup_seconds = warmup_seconds
+        self.warmup_seconds = warmup_seconds  # the serving interpreters' warm-up, all together
         self.loaded_at = time.time()
-        self.resources: dict[str, Any] = {}
+        self.batcher: DynamicBatcher | None = None
+        self.drift: DriftMonitor | None = None
         self.on_unload: list[Callable[[], None]] = []
         self._idle = threading.Condition()
         self._holders = 0
@@ -49,6 +56,12 @@ class Servable:
 
     def __repr__(self) -> str:
         return f"Servable({self.name!r}, version={self.version}, holders={self._holders})"
+
+    def take_interpreter(self) -> Any:
+        """An interpreter for one worker thread: the loader's checked one first, then new ones."""
+        with self._idle:
+            model, self._checked_model = self._checked_model, None
+        return model if model is not None else self.model_factory()
 
     @property
     def holders(self) -> int:
@@ -97,5 +110,4 @@ class Servable:
                 logger.exception("on_unload callback %r of %s v%d failed",
                                  callback, self.name, self.version)
         self._unloaded = True
-        self.model = None
-        self.resources.clear()
+        self._checked_model = self.batcher = self.drift = None

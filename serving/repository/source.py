@@ -9,8 +9,8 @@ Per model, the aspired versions are what the version policy selects plus every l
 the other versions on disk, newest first, are its fallbacks: the manager loads the newest of them
 that works when no aspired version loads and none is served (a restart with a broken newest
 version serves the previous one). ``poll`` sends the manager the full aspired set of each model
-whose set changed (a model whose
-directory vanished gets an empty set, which unloads it); ``run`` polls until ``stop`` is set.
+whose set changed (a model whose directory vanished gets an empty set, which unloads it); the
+server calls it every ``interval_seconds``, on its own polling thread.
 A version that failed to load is retried only when the aspired set changes: versions are
 immutable, so the fix is to deploy a new one.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -108,13 +107,3 @@ class DirectorySource:
         self._sent = {name: aspired for name, aspired in self._sent.items()
                       if aspired != _NOTHING}
         return changed
-
-    def run(self, manager: _Target, stop: threading.Event) -> None:
-        """Poll every ``interval_seconds`` until ``stop`` is set; run it in its own thread."""
-        while not stop.is_set():
-            try:
-                self.poll(manager)
-            except Exception:  # a bad poll must not end polling; the next one may succeed
-                logger.exception("polling %s failed; retrying in %gs", self.base_dir,
-                                 self.interval_seconds)
-            stop.wait(self.interval_seconds)

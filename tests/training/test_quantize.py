@@ -4,13 +4,13 @@ TFLite model against a TensorFlow GradientTape reference on the Keras model."""
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from serving.cam import get_method
 from serving.cam.faithfulness import map_correlation
 from serving.card import load_card
 from serving.runtime.explain import activations_and_gradients, load_head_weights
 from serving.runtime.interpreter import TFLiteModel
+from training.cam_export import reference_cam_inputs
 from training.config import load_config
 from training.data import load_dataset
 from training.quantize import QuantizationGateError, quantize_artifact
@@ -58,18 +58,6 @@ def test_int8_takes_uint8_pixels_and_gives_probabilities(quantized):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=0.02)
 
 
-def reference_cam_inputs(artifact, images, targets):
-    """The keras-io Grad-CAM example's method: GradientTape on the Keras model."""
-    model = keras.models.load_model(artifact / "model.keras", compile=False)
-    grad_model = keras.Model(model.input, [model.get_layer("features").output,
-                                           model.get_layer("logits").output])
-    x = tf.constant(images.astype(np.float32))
-    with tf.GradientTape() as tape:
-        activations, logits = grad_model(x, training=False)
-        score = tf.reduce_sum(logits * tf.one_hot(targets, logits.shape[-1]), axis=1)
-    return activations.numpy(), tape.gradient(score, activations).numpy()
-
-
 def tflite_cam_inputs(artifact, file, images, targets):
     weights = load_head_weights(artifact, load_card(artifact))
     _, activations, gradients, _ = activations_and_gradients(
@@ -86,7 +74,8 @@ def served_and_reference_heatmaps(artifact, file):
     (a flat map has no correlation to speak of)."""
     images, targets = images_of(artifact)
     gradcam = get_method("gradcam")
-    reference = gradcam(*reference_cam_inputs(artifact, images, targets))
+    model = keras.models.load_model(artifact / "model.keras", compile=False)
+    reference = gradcam(*reference_cam_inputs(model, images, targets))
     heatmaps = gradcam(*tflite_cam_inputs(artifact, file, images, targets))
     informative = reference.std(axis=(1, 2)) > 0
     assert informative.mean() >= 0.5  # a small seed CNN gives some all-negative (flat) maps

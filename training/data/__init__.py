@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from training.config import DataConfig
+from training.data import cifar10, folder, shapes
 from training.errors import UserError
 
-__all__ = ["Dataset", "class_table", "load_dataset", "stratified_split"]
+__all__ = ["DATASETS", "Dataset", "class_table", "load_dataset", "stratified_split"]
 
 log = logging.getLogger("sightline.training")
 
@@ -63,30 +65,32 @@ class Dataset:
         }
 
 
+def _load_shapes(config: DataConfig, seed: int) -> Dataset:
+    data = shapes.generate(config.num_images, config.image_size, seed=seed)
+    train, val = stratified_split(data.labels, config.validation_fraction, seed)
+    return Dataset(
+        name="shapes",
+        class_names=list(shapes.CLASS_NAMES),
+        train_images=data.images[train],
+        train_labels=data.labels[train],
+        val_images=data.images[val],
+        val_labels=data.labels[val],
+        val_boxes=data.boxes[val],
+        source=f"generated: {config.num_images} images, {config.image_size}px, seed {seed}",
+    )
+
+
+DATASETS: dict[str, Callable[[DataConfig, int], Dataset]] = {
+    "shapes": _load_shapes,
+    "cifar10": cifar10.load,
+    "folder": folder.load,
+}
+
+
 def load_dataset(config: DataConfig, seed: int) -> Dataset:
-    if config.name == "shapes":
-        from training.data import shapes
-
-        data = shapes.generate(config.num_images, config.image_size, seed=seed)
-        train, val = stratified_split(data.labels, config.validation_fraction, seed)
-        dataset = Dataset(
-            name="shapes",
-            class_names=list(shapes.CLASS_NAMES),
-            train_images=data.images[train],
-            train_labels=data.labels[train],
-            val_images=data.images[val],
-            val_labels=data.labels[val],
-            val_boxes=data.boxes[val],
-            source=f"generated: {config.num_images} images, {config.image_size}px, seed {seed}",
-        )
-    elif config.name == "cifar10":
-        from training.data import cifar10
-
-        dataset = cifar10.load(config, seed)
-    else:
-        from training.data import folder
-
-        dataset = folder.load(config, seed)
+    if config.name not in DATASETS:
+        raise UserError(f"unknown dataset {config.name!r}; known: {', '.join(DATASETS)}")
+    dataset = DATASETS[config.name](config, seed)
     _check(dataset, config)
     return dataset
 

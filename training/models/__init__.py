@@ -14,19 +14,24 @@ TFLite export rely on:
 
 A family module exposes ``build(x, config, num_classes) -> logits tensor``; some also expose
 ``initialize_from_data(model, images)`` for a data-dependent initialisation (airbench's
-patch whitening), which ``initialize_from_data`` below dispatches to.
+patch whitening), which ``initialize_from_data`` below dispatches to. ``MODELS`` names each
+family's module, imported at the first build: the config check reads the names without
+importing TensorFlow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import importlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from training.config import ModelConfig
 from training.errors import UserError
-from training.models import airbench, basic_cnn, mobilenet_v3, resnet
+
+if TYPE_CHECKING:
+    import keras
 
 __all__ = [
     "FEATURE_LAYER",
@@ -42,11 +47,11 @@ FEATURE_LAYER = "features"
 LOGITS_LAYER = "logits"
 OUTPUT_LAYER = "probabilities"
 
-MODELS: dict[str, Callable] = {
-    "basic_cnn": basic_cnn.build,
-    "resnet": resnet.build,
-    "mobilenet_v3_small": mobilenet_v3.build,
-    "airbench": airbench.build,
+MODELS: dict[str, str] = {  # name -> family module under training.models
+    "basic_cnn": "basic_cnn",
+    "resnet": "resnet",
+    "mobilenet_v3_small": "mobilenet_v3",
+    "airbench": "airbench",
 }
 
 
@@ -59,13 +64,16 @@ def build_model(
     std: Sequence[float],
 ) -> keras.Model:
     """Raw pixels -> standardize -> the family's body and logits -> float32 softmax."""
+    import keras
+
     if config.name not in MODELS:
         raise UserError(f"unknown model {config.name!r}; known: {', '.join(MODELS)}")
+    family = importlib.import_module(f"{__name__}.{MODELS[config.name]}")
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Normalization(
         mean=mean, variance=np.square(std), dtype="float32", name="standardize"
     )(inputs)
-    logits = MODELS[config.name](x, config, num_classes)
+    logits = family.build(x, config, num_classes)
     outputs = keras.layers.Activation("softmax", dtype="float32", name=OUTPUT_LAYER)(logits)
     return keras.Model(inputs, outputs, name=config.name)
 
@@ -75,6 +83,8 @@ def initialize_from_data(model: keras.Model, images: np.ndarray) -> None:
 
     Call it once, after ``build_model`` and before training, with raw [0, 255] pixels.
     """
+    from training.models import airbench
+
     if airbench.WHITEN_LAYER in {layer.name for layer in model.layers}:
         airbench.initialize_from_data(model, images)
 
@@ -82,5 +92,7 @@ def initialize_from_data(model: keras.Model, images: np.ndarray) -> None:
 def head_kind(model: keras.Model) -> str:
     """``"gap"`` when features reach the logits through a global average pool (Grad-CAM's
     gradient is then W[:, c] / (h * w), no gradient graph needed), else ``"dense"``."""
+    import keras
+
     pooled = any(isinstance(layer, keras.layers.GlobalAveragePooling2D) for layer in model.layers)
     return "gap" if pooled else "dense"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 
 from training.config import ModelConfig
+from training.models.blocks import BN_MOMENTUM, conv_bn
 
 __all__ = ["build"]
 
@@ -40,7 +41,6 @@ BLOCKS = (
     (5, 576, 96, True, "hard_swish", 1),
     (5, 576, 96, True, "hard_swish", 1),
 )
-BN_MOMENTUM = 0.9  # PyTorch's default (0.1 there); Keras' 0.99 lags in few-epoch runs
 
 
 def build(x, config: ModelConfig, num_classes: int):
@@ -48,12 +48,12 @@ def build(x, config: ModelConfig, num_classes: int):
     alpha = config.width / 16
     reg = keras.regularizers.L2(config.l2) if config.l2 > 0 else None
     stem_stride = 1 if max(x.shape[1], x.shape[2]) <= 64 else 2
-    x = _conv_bn(x, _divisible(16 * alpha), 3, stem_stride, reg, "stem")
+    x = conv_bn(x, _divisible(16 * alpha), 3, stem_stride, reg, "stem")
     x = keras.layers.Activation("hard_swish", name="stem_act")(x)
     for i, (kernel, expand, out, se, act, stride) in enumerate(BLOCKS, 1):
         expand, out = _divisible(expand * alpha), _divisible(out * alpha)
         x = _bottleneck(x, kernel, expand, out, se, act, stride, reg, f"block{i}")
-    x = _conv_bn(x, _divisible(576 * alpha), 1, 1, reg, "last")
+    x = conv_bn(x, _divisible(576 * alpha), 1, 1, reg, "last")
     x = keras.layers.Activation("hard_swish", name="features")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # (N, 576a)
     x = keras.layers.Dense(
@@ -66,7 +66,7 @@ def build(x, config: ModelConfig, num_classes: int):
 def _bottleneck(inputs, kernel, expand, out, se, act, stride, reg, name):
     x = inputs
     if expand != inputs.shape[-1]:  # the first block has nothing to expand
-        x = _conv_bn(x, expand, 1, 1, reg, f"{name}_expand")
+        x = conv_bn(x, expand, 1, 1, reg, f"{name}_expand")
         x = keras.layers.Activation(act, name=f"{name}_expand_act")(x)
     x = keras.layers.DepthwiseConv2D(  # no L2 on depthwise kernels, as in TF-slim's MobileNets
         kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_depthwise"
@@ -75,7 +75,7 @@ def _bottleneck(inputs, kernel, expand, out, se, act, stride, reg, name):
     x = keras.layers.Activation(act, name=f"{name}_depthwise_act")(x)
     if se:
         x = _squeeze_excite(x, reg, f"{name}_se")
-    x = _conv_bn(x, out, 1, 1, reg, f"{name}_project")
+    x = conv_bn(x, out, 1, 1, reg, f"{name}_project")
     if stride == 1 and inputs.shape[-1] == out:
         x = keras.layers.Add(name=f"{name}_add")([inputs, x])
     return x
@@ -95,19 +95,6 @@ def _squeeze_excite(x, reg, name):
         channels, 1, activation="hard_sigmoid", kernel_regularizer=reg, name=f"{name}_expand"
     )(s)
     return keras.layers.Multiply(name=f"{name}_scale")([x, s])
-
-
-def _conv_bn(x, filters, kernel_size, stride, reg, name):
-    x = keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=stride,
-        padding="same",
-        use_bias=False,
-        kernel_regularizer=reg,
-        name=f"{name}_conv",
-    )(x)
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
 
 
 def _divisible(value: float, divisor: int = 8) -> int:

@@ -21,17 +21,17 @@ from __future__ import annotations
 import keras
 
 from training.config import ModelConfig
+from training.models.blocks import conv_bn
 
 __all__ = ["build"]
 
-BN_MOMENTUM = 0.9  # PyTorch's default (0.1 there); Keras' 0.99 lags in few-epoch runs
 SE_RATIO = 16  # the paper's reduction ratio r
 
 
 def build(x, config: ModelConfig, num_classes: int):
     """Standardized images -> logits tensor (from the Dense named "logits")."""
     reg = keras.regularizers.L2(config.l2) if config.l2 > 0 else None
-    x = _conv_bn(x, config.width, 3, 1, reg, "stem")
+    x = conv_bn(x, config.width, 3, 1, reg, "stem", "he_normal")
     x = keras.layers.ReLU(name="stem_relu")(x)
     for stage, filters in enumerate((config.width, 2 * config.width, 4 * config.width), 1):
         for block in range(1, config.depth + 1):
@@ -47,28 +47,14 @@ def build(x, config: ModelConfig, num_classes: int):
 def _basic_block(x, filters, stride, squeeze_excite, reg, name, last):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, stride, reg, f"{name}_shortcut")
-    x = _conv_bn(x, filters, 3, stride, reg, f"{name}_a")
+        shortcut = conv_bn(x, filters, 1, stride, reg, f"{name}_shortcut", "he_normal")
+    x = conv_bn(x, filters, 3, stride, reg, f"{name}_a", "he_normal")
     x = keras.layers.ReLU(name=f"{name}_a_relu")(x)
-    x = _conv_bn(x, filters, 3, 1, reg, f"{name}_b")
+    x = conv_bn(x, filters, 3, 1, reg, f"{name}_b", "he_normal")
     if squeeze_excite:
         x = _squeeze_excite(x, reg, f"{name}_se")
     x = keras.layers.Add(name=f"{name}_add")([x, shortcut])
     return keras.layers.ReLU(name="features" if last else f"{name}_relu")(x)
-
-
-def _conv_bn(x, filters, kernel_size, stride, reg, name):
-    x = keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=stride,
-        padding="same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        kernel_regularizer=reg,
-        name=f"{name}_conv",
-    )(x)
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
 
 
 def _squeeze_excite(x, reg, name):

@@ -161,16 +161,8 @@ def _cam_inputs(artifact_dir: Path, card: ModelCard, model, images, targets):
             TFLiteModel(tflite), images, targets, weights)
         primary = card.quantization["primary"]
         return activations, gradients, f"model.tflite ({primary}) through the serving code"
-    import keras
-    import tensorflow as tf
+    from training.cam_export import reference_cam_inputs
 
-    probe = keras.Model(model.input, [model.get_layer("features").output,
-                                      model.get_layer("logits").output])
-    with tf.GradientTape() as tape:
-        activations, logits = probe(tf.constant(images, tf.float32), training=False)
-        score = tf.reduce_sum(tf.cast(logits, tf.float32)
-                              * tf.one_hot(targets, logits.shape[-1]), axis=1)
-    gradients = tape.gradient(score, activations)
-    return (keras.ops.convert_to_numpy(activations).astype(np.float32),
-            keras.ops.convert_to_numpy(gradients).astype(np.float32),
+    activations, gradients = reference_cam_inputs(model, images, targets)
+    return (activations, gradients,
             "the Keras model (model.keras): the artifact has no quantized model.tflite yet")

@@ -133,7 +133,7 @@ CASES = {
                         "the model name is 200,000 characters; at most 128"),
     "label long": (dict(model=pb.ModelSpec(name=MODEL, label=LONG)), INVALID,
                    "the label is 200,000 characters; at most 128"),
-    "request_id long": (dict(request_id=LONG), INVALID, "request_id is 200,000 characters"),
+    "request_id long": (dict(request_id=LONG), INVALID, "request id is 200,000 characters"),
 }
 
 

@@ -6,17 +6,28 @@ made by ``make tools``) and talks to the server from a subprocess, as a real cli
 
 import json
 import subprocess
+import time
 
+import grpc
 import pytest
 
+from serving.protos_gen.inference import grpc_predict_v2_pb2 as oip
+from serving.protos_gen.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from serving.repository.publish import deploy
 from tests.conftest import ROOT
-from tests.serving.conftest import image_bytes
+from tests.serving.conftest import MODEL, expect_error, image_bytes
 
 TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
-pytestmark = pytest.mark.skipif(not TRITON_PYTHON.exists(),
-                                reason="no .venv-triton: run `make tools`")
 
 
+def infer(**fields) -> oip.ModelInferRequest:
+    request = oip.ModelInferRequest(model_name=MODEL, **fields)
+    request.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+        image_bytes())
+    return request
+
+
+@pytest.mark.skipif(not TRITON_PYTHON.exists(), reason="no .venv-triton: run `make tools`")
 def test_triton_client_works_unchanged(server, tmp_path):
     image = tmp_path / "image.png"
     image.write_bytes(image_bytes())
@@ -44,8 +55,6 @@ def test_oip_and_classify_agree(server, channel):
     """The same pixels give the same probabilities through both APIs (stubs in-process)."""
     import numpy as np
 
-    from serving.protos_gen.inference import grpc_predict_v2_pb2 as oip
-    from serving.protos_gen.inference import grpc_predict_v2_pb2_grpc as oip_grpc
     from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
     from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -59,3 +68,35 @@ def test_oip_and_classify_agree(server, channel):
         pb.ClassifyRequest(tensor=tensor, top_k=6), timeout=10)
     for c in classify.classes:
         assert abs(probabilities[c.index] - c.score) < 1e-6
+
+
+def test_a_request_id_is_made_when_none_is_sent_and_echoed_when_one_is(channel):
+    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+    assert stub.ModelInfer(infer(id="mine-1"), timeout=10).id == "mine-1"
+    made = stub.ModelInfer(infer(), timeout=10).id
+    assert len(made) == 32 and made != stub.ModelInfer(infer(), timeout=10).id
+
+
+def test_a_version_label_is_named_by_the_model_label_parameter(server, channel, repository,
+                                                               deployable):
+    deploy(deployable("gap"), repository, label="canary")
+    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+    request = infer()
+    request.parameters["model_label"].string_param = "canary"
+    for _ in range(200):  # the poller publishes version 2 within a second or so
+        try:
+            response = stub.ModelInfer(request, timeout=10)
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc.details()
+            time.sleep(0.05)
+    assert response.model_version == "2"
+    request.parameters["model_label"].string_param = "stable"
+    with expect_error(grpc.StatusCode.NOT_FOUND, "no label 'stable'; labels: canary=2"):
+        stub.ModelInfer(request, timeout=10)
+    request.model_version = "2"
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "version or a label, not both"):
+        stub.ModelInfer(request, timeout=10)
+    request.parameters["model_label"].int64_param = 2
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "parameter model_label must be a string"):
+        stub.ModelInfer(request, timeout=10)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from serving.batching.batcher import BatcherClosed, DeadlineExpired, DynamicBatcher, QueueFull
+from serving.batching.policy import BatchPolicy
 
 WAIT = 2.0  # seconds; only reached when something is broken
 
@@ -55,7 +56,7 @@ def make(recorder):
     made = []
 
     def build(**options):
-        batcher = DynamicBatcher(recorder.make_runner, **options)
+        batcher = DynamicBatcher(recorder.make_runner, BatchPolicy(**options))
         made.append(batcher)
         return batcher
 
@@ -91,7 +92,6 @@ def test_lone_job_waits_the_delay_when_asked_to_wait_when_idle(make, recorder):
     future = batcher.submit("c", None, target=7)
     assert future.result(WAIT) == ("c", 7)
     [(_, [job])] = recorder.batches
-    assert future.job is job
     assert job.started - job.enqueued >= delay
 
 
@@ -243,7 +243,8 @@ def test_each_worker_builds_and_uses_its_own_runner():
 
         return run
 
-    batcher = DynamicBatcher(make_runner, workers=workers, max_batch_size=1, max_queue_delay_s=0)
+    batcher = DynamicBatcher(make_runner, BatchPolicy(workers=workers, max_batch_size=1,
+                                                       max_queue_delay_s=0))
     try:
         assert len(makers) == workers  # built before __init__ returned
         assert len(set(makers)) == workers and threading.main_thread() not in makers
@@ -258,7 +259,7 @@ def test_failing_make_runner_fails_construction():
         raise RuntimeError("no model file")
 
     with pytest.raises(RuntimeError, match="no model file"):
-        DynamicBatcher(make_runner, workers=2)
+        DynamicBatcher(make_runner, BatchPolicy(workers=2))
 
 
 def test_broken_on_batch_hook_does_not_fail_requests(make):
@@ -269,6 +270,6 @@ def test_broken_on_batch_hook_does_not_fail_requests(make):
 
 @pytest.mark.parametrize("setting, value", [
     ("max_batch_size", 0), ("max_queue_delay_s", -0.001), ("max_queue_size", 0), ("workers", 0)])
-def test_rejects_bad_settings(recorder, setting, value):
+def test_rejects_bad_settings(setting, value):
     with pytest.raises(ValueError, match=f"{setting} must be >= .*got {value}"):
-        DynamicBatcher(recorder.make_runner, **{setting: value})
+        BatchPolicy(**{setting: value})

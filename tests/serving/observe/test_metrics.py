@@ -33,28 +33,29 @@ def test_traffic_is_counted_by_method_code_stage_class_and_reason(server, stub):
     assert value(found, "grpc_server_msg_received_total", **stream) == 2
     assert value(found, "grpc_server_msg_sent_total", **stream) == 2
     assert value(found, "grpc_server_handled_total", grpc_code="OK", **stream) == 1
-    assert value(found, "sightline_request_duration_seconds_count", model=MODEL,
+    assert value(found, "sightline_request_duration_seconds_count", model=MODEL, version="1",
                  stage="total") == 8
-    assert value(found, "sightline_request_duration_seconds_count", model=MODEL,
+    assert value(found, "sightline_request_duration_seconds_count", model=MODEL, version="1",
                  stage="explain") == 1
-    assert value(found, "sightline_request_duration_seconds_bucket", model=MODEL,
+    assert value(found, "sightline_request_duration_seconds_bucket", model=MODEL, version="1",
                  stage="total", le="0.1") >= 1  # the SLO is a bucket boundary
     predictions = sum(v for (name, _), v in found.items() if name == "sightline_predictions_total")
     assert predictions == 8
-    assert value(found, "sightline_prediction_confidence_count", model=MODEL) == 8
+    assert value(found, "sightline_prediction_confidence_count", model=MODEL, version="1") == 8
     assert value(found, "sightline_decode_failures_total", reason="empty") == 1
     assert value(found, "sightline_decode_failures_total", reason="unknown_format") == 1
     assert value(found, "sightline_requests_rejected_total", reason="bad_input") == 2
     assert value(found, "sightline_in_flight_requests") == 0
-    assert value(found, "sightline_batch_size_count", model=MODEL) >= 1
+    assert value(found, "sightline_batch_size_count", model=MODEL, version="1") >= 1
     assert value(found, "sightline_model_loaded", model=MODEL) == 1
     assert value(found, "sightline_model_loads_total", model=MODEL, result="success") == 1
-    assert value(found, "sightline_queue_capacity", model=MODEL) == 256
-    assert value(found, "sightline_input_bytes_count", model=MODEL) == 8
+    assert value(found, "sightline_queue_capacity", model=MODEL, version="1") == 256
+    assert value(found, "sightline_input_bytes_count", model=MODEL, version="1") == 8
     info = [labels for (name, labels), v in found.items() if name == "sightline_model_info"]
     assert len(info) == 1 and dict(info[0])["version"] == "1" and dict(info[0])["variant"] == "int8"
-    assert value(found, "sightline_drift_window_size", model=MODEL) == 8
-    assert value(found, "sightline_drift_psi", model=MODEL, signal="class_mix") == 0  # < min
+    assert value(found, "sightline_drift_window_size", model=MODEL, version="1") == 8
+    drift = value(found, "sightline_drift_psi", model=MODEL, version="1", signal="class_mix")
+    assert drift == 0  # fewer than min_samples
     assert value(found, "process_resident_memory_bytes") > 0
 
 

@@ -22,6 +22,7 @@ class FakeModel:
         self.input_shape = (*spec["size"], 3)
         self.classify_batches: list[int] = []
         self.cam_calls = 0
+        self.cam_needs_target = False  # a GAP head: its gradient is the head weights
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         self.classify_batches.append(len(images))

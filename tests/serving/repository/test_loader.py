@@ -18,12 +18,12 @@ def test_load_checks_warms_up_and_builds_a_servable(tmp_path):
     servable = load(tmp_path, warmup_batch_sizes=(1, 8))
     assert (servable.name, servable.version, servable.path) == ("pets", 1, tmp_path)
     assert servable.card == card
-    assert servable.model.classify_batches == [1, 8, 1]  # warm-up, then cam_inputs' batch of 1
-    assert servable.model.cam_calls == 1
-    assert servable.warmup_seconds >= 0
+    checked = servable.take_interpreter()  # the one the loader ran serves first: none idles
+    # Both signatures at each size: cam_inputs' probabilities count as a classify call too.
+    assert checked.classify_batches == [1, 1, 8, 8] and checked.cam_calls == 2
     assert servable.head_weights.shape == (4, 2)
-    fresh = servable.model_factory()
-    assert isinstance(fresh, FakeModel) and fresh is not servable.model
+    fresh = servable.take_interpreter()
+    assert isinstance(fresh, FakeModel) and fresh is not checked and fresh.classify_batches == []
 
 
 def test_load_without_head_weights(tmp_path):
@@ -98,5 +98,5 @@ def test_load_reports_a_failing_warm_up(tmp_path):
         def cam_inputs(self, images, class_onehot=None):
             raise RuntimeError("no cam_inputs signature")
 
-    with pytest.raises(LoadError, match="warm-up cam_inputs failed: no cam_inputs signature"):
+    with pytest.raises(LoadError, match="warm-up cam_inputs at batch size 1 failed: no cam_inp"):
         load_servable("pets", 1, tmp_path, open_model=Broken)

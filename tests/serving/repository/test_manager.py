@@ -1,3 +1,4 @@
+import contextlib
 import functools
 import logging
 import random
@@ -18,6 +19,16 @@ CARD = ModelCard(labels=["cat", "dog"], input=InputSpec(4, 4), normalization={},
                  model={}, dataset={}, deployable=True)
 DIR = Path("unused")
 load_fake = functools.partial(load_servable, open_model=FakeModel)
+
+
+@contextlib.contextmanager
+def holding(manager, *args, **kwargs):
+    """A request's hold on a servable: acquired, then released whatever happens."""
+    servable = manager.acquire(*args, **kwargs)
+    try:
+        yield servable
+    finally:
+        servable.release()
 
 
 def memory_loader(name, version, path, fail=frozenset()):
@@ -66,7 +77,7 @@ def test_not_found_names_what_is_served(kwargs, message):
     with pytest.raises(ModelNotFound) as raised:
         manager.get(**kwargs)
     assert str(raised.value) == message
-    with pytest.raises(ModelNotFound), manager.handle(**kwargs):
+    with pytest.raises(ModelNotFound), holding(manager, **kwargs):
         pass
 
 
@@ -76,11 +87,11 @@ def test_versions_no_longer_aspired_are_unloaded_with_events():
     manager.set_aspired("pets", versions(1))
     first = manager.get("pets")
     callbacks = []
-    first.resources["batcher"] = "attached"
+    first.drift = "attached"
     first.on_unload.append(lambda: callbacks.append("stopped batcher"))
     manager.set_aspired("pets", versions(2))
     assert manager.wait_for_unloads(5)
-    assert first.unloaded and first.model is None and first.resources == {}
+    assert first.unloaded and first.drift is None and first.take_interpreter() is not None
     assert callbacks == ["stopped batcher"]
     assert events.kinds() == [("loaded", 1), ("loaded", 2), ("unloaded", 1)]
     assert events[-1][3]["drained"] is True and events[0][3]["seconds"] >= 0
@@ -143,7 +154,7 @@ def test_drain_waits_for_holders():
     events = Events()
     manager = ModelManager(loader=memory_loader, on_event=events)
     manager.set_aspired("pets", versions(1))
-    with manager.handle("pets") as held:
+    with holding(manager, "pets") as held:
         manager.set_aspired("pets", versions(2))
         assert manager.get("pets").version == 2
         assert not manager.wait_for_unloads(0.05)
@@ -165,7 +176,7 @@ def test_drain_gives_up_after_drain_timeout(caplog):
     assert "still held by 1 requests" in caplog.text
 
 
-def test_handle_retries_when_a_swap_lands_between_get_and_acquire():
+def test_acquire_retries_when_a_swap_lands_between_get_and_acquire():
     manager = ModelManager(loader=memory_loader)
     manager.set_aspired("pets", versions(1))
     stale = manager.get("pets")  # read from the snapshot just before the swap
@@ -174,7 +185,7 @@ def test_handle_retries_when_a_swap_lands_between_get_and_acquire():
     reads = iter([stale])
     real_get = manager.get
     manager.get = lambda *args, **kwargs: next(reads, None) or real_get(*args, **kwargs)
-    with manager.handle("pets") as servable:
+    with holding(manager, "pets") as servable:
         assert servable.version == 2 and servable.holders == 1
 
 
@@ -190,7 +201,7 @@ def test_hot_swap_under_concurrent_requests_never_fails():
         while not stop.is_set():
             try:
                 kwargs = rng.choice([{}, {"label": "stable"}])
-                with manager.handle("pets", **kwargs) as servable:
+                with holding(manager, "pets", **kwargs) as servable:
                     assert not servable.unloaded, f"{servable} was unloaded before acquire"
                     threading.Event().wait(rng.random() * 1e-3)
                     assert not servable.unloaded, f"{servable} was unloaded while held"

@@ -1,5 +1,4 @@
 import shutil
-import threading
 
 import pytest
 
@@ -111,26 +110,3 @@ def test_the_versions_not_chosen_are_fallbacks_newest_first(tmp_path):
     manager = Recorder()
     DirectorySource(tmp_path).poll(manager)
     assert manager.calls == [("pets", [2, 4], {"stable": 2})] and manager.fallbacks == [3, 1]
-
-
-def test_run_polls_until_stopped_and_survives_errors(tmp_path, caplog):
-    write_version(tmp_path, "pets", 1)
-    stop, polled = threading.Event(), threading.Event()
-
-    class Flaky(Recorder):
-        def set_aspired(self, name, versions, labels, fallbacks=None):
-            super().set_aspired(name, versions, labels, fallbacks)
-            if len(self.calls) == 1:
-                raise RuntimeError("boom")
-            polled.set()
-
-    manager = Flaky()
-    thread = threading.Thread(target=DirectorySource(tmp_path, interval_seconds=0.01).run,
-                              args=(manager, stop))
-    thread.start()
-    assert polled.wait(5)
-    stop.set()
-    thread.join(5)
-    assert not thread.is_alive()
-    assert len(manager.calls) == 2  # retried after the failure, then nothing changed
-    assert "boom" in caplog.text
