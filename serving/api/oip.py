@@ -6,10 +6,12 @@ Triton's and KServe's clients work unchanged. A model takes ONE input tensor, an
 Outputs: ``probabilities`` FP32 [N, K]. With the request parameter ``cam_method`` (a CAM method
 name, and optionally ``target_class``) also ``heatmap`` FP32 [N, H, W] in [0, 1]. Requesting
 ``probabilities`` with the parameter ``classification: k`` returns Triton's classification
-extension instead: BYTES [N, k] of ``"score:index:label"``.
+extension instead: BYTES [N, k] of ``"score:index:label"``. The request parameter
+``model_label`` names a version label (labels.json) instead of ``model_version``. The response's
+``id`` is the request's, or the one the data plane made when it had none.
 
 Every field is checked strictly, and the shape against the bytes the request holds, before any
-per-image work: docs/limits.md has the table, tests/serving/test_oip_bad_input.py its cases.
+per-image work: docs/limits.md has the table, tests/serving/api/test_oip_bad_input.py its cases.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Generate the Python gRPC stubs from ``protos/`` into this package (``make protos``).
 
-The stubs are committed, so serving needs no protoc; ``tests/serving/test_protos.py`` fails
+The stubs are committed, so serving needs no protoc; ``tests/serving/api/test_protos.py`` fails
 when they are stale. Proto files are mapped to the virtual path ``serving/protos_gen/`` so the
 generated imports are absolute (``serving.protos_gen.sightline...``) and need no sys.path edits.
 """

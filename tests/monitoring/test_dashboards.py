@@ -107,7 +107,7 @@ def test_layout_rule_catches_duplicate_ids():
 
 def test_contract_reads_metrics_md():
     labels = CONTRACT.labels
-    assert labels["sightline_request_duration_seconds"] == {"model", "stage"}
+    assert labels["sightline_request_duration_seconds"] == {"model", "version", "stage"}
     assert labels["grpc_server_msg_sent_total"] == labels["grpc_server_msg_received_total"]
     assert labels["sightline_in_flight_requests"] == frozenset()
     assert "grpc_server_handling_seconds_bucket" not in labels  # an example, not a metric
@@ -225,6 +225,7 @@ def _fake_exporter(stop: threading.Event):
     platform_collector.PlatformCollector(registry=r)
     gc_collector.GCCollector(registry=r)
     grpc = ["grpc_type", "grpc_service", "grpc_method"]
+    per_version = ["model", "version"]
     m = {
         "started": Counter("grpc_server_started_total", "", grpc, registry=r),
         "handled": Counter("grpc_server_handled_total", "", grpc + ["grpc_code"], registry=r),
@@ -232,50 +233,51 @@ def _fake_exporter(stop: threading.Event):
                               buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 10)),
         "received": Counter("grpc_server_msg_received_total", "", grpc, registry=r),
         "sent": Counter("grpc_server_msg_sent_total", "", grpc, registry=r),
-        "stage": Histogram("sightline_request_duration_seconds", "", ["model", "stage"],
+        "stage": Histogram("sightline_request_duration_seconds", "", ["model", "version", "stage"],
                            registry=r, buckets=(0.0005, 0.005, 0.05, 0.1, 0.5, 5)),
-        "batch": Histogram("sightline_batch_size", "", ["model"], registry=r,
+        "batch": Histogram("sightline_batch_size", "", per_version, registry=r,
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128)),
-        "depth": Gauge("sightline_queue_depth", "", ["model"], registry=r),
-        "capacity": Gauge("sightline_queue_capacity", "", ["model"], registry=r),
+        "depth": Gauge("sightline_queue_depth", "", per_version, registry=r),
+        "capacity": Gauge("sightline_queue_capacity", "", per_version, registry=r),
         "in_flight": Gauge("sightline_in_flight_requests", "", registry=r),
         "rejected": Counter("sightline_requests_rejected_total", "", ["reason"], registry=r),
         "loads": Counter("sightline_model_loads_total", "", ["model", "result"], registry=r),
         "unloads": Counter("sightline_model_unloads_total", "", ["model"], registry=r),
-        "late": Counter("sightline_late_results_total", "", ["model"], registry=r),
+        "late": Counter("sightline_late_results_total", "", per_version, registry=r),
         "load_seconds": Histogram("sightline_model_load_duration_seconds", "", ["model"],
                                   registry=r),
         "warmup": Gauge("sightline_model_warmup_seconds", "", ["model"], registry=r),
         "info": Gauge("sightline_model_info", "", ["model", "version", "sha256", "variant"],
                       registry=r),
         "loaded": Gauge("sightline_model_loaded", "", ["model"], registry=r),
-        "predictions": Counter("sightline_predictions_total", "", ["model", "class"],
+        "predictions": Counter("sightline_predictions_total", "", [*per_version, "class"],
                                registry=r),
-        "confidence": Histogram("sightline_prediction_confidence", "", ["model"], registry=r,
+        "confidence": Histogram("sightline_prediction_confidence", "", per_version, registry=r,
                                 buckets=[round(0.1 * i, 1) for i in range(1, 11)]),
-        "low": Counter("sightline_low_confidence_predictions_total", "", ["model"], registry=r),
-        "bytes": Histogram("sightline_input_bytes", "", ["model"], registry=r,
+        "low": Counter("sightline_low_confidence_predictions_total", "", per_version,
+                       registry=r),
+        "bytes": Histogram("sightline_input_bytes", "", per_version, registry=r,
                            buckets=tuple(1024 * 4**i for i in range(8))),
-        "pixels": Histogram("sightline_input_pixels", "", ["model"], registry=r,
+        "pixels": Histogram("sightline_input_pixels", "", per_version, registry=r,
                             buckets=(1e3, 4e3, 1.6e4, 6.4e4, 2.5e5, 1e6, 4e6, 1.6e7, 4e7)),
         "decode": Counter("sightline_decode_failures_total", "", ["reason"], registry=r),
-        "psi": Gauge("sightline_drift_psi", "", ["model", "signal"], registry=r),
-        "ks": Gauge("sightline_drift_ks", "", ["model", "signal"], registry=r),
-        "window": Gauge("sightline_drift_window_size", "", ["model"], registry=r),
+        "psi": Gauge("sightline_drift_psi", "", [*per_version, "signal"], registry=r),
+        "ks": Gauge("sightline_drift_ks", "", [*per_version, "signal"], registry=r),
+        "window": Gauge("sightline_drift_window_size", "", per_version, registry=r),
         "threshold": Gauge("sightline_drift_threshold", "", ["level"], registry=r),
     }
     models = {"shapes": ["circle", "square", "triangle"], "cifar10": ["cat", "dog", "ship"]}
     for model in models:
         m["info"].labels(model, "3", "ab12" * 16, "int8").set(1)
         m["loaded"].labels(model).set(1)
-        m["late"].labels(model)
-        m["capacity"].labels(model).set(64)
+        m["late"].labels(model, "3")
+        m["capacity"].labels(model, "3").set(64)
         m["warmup"].labels(model).set(0.4)
         m["load_seconds"].labels(model).observe(1.2)
         for signal, value in (("class_mix", 0.05), ("brightness", 0.15)):
-            m["psi"].labels(model, signal).set(value)
-        m["ks"].labels(model, "confidence").set(0.25)
-        m["window"].labels(model).set(500)
+            m["psi"].labels(model, "3", signal).set(value)
+        m["ks"].labels(model, "3", "confidence").set(0.25)
+        m["window"].labels(model, "3").set(500)
         m["threshold"].labels("alert").set(0.2)
     rng = random.Random(0)
 
@@ -291,15 +293,15 @@ def _fake_exporter(stop: threading.Event):
             m["handling"].labels(*labels).observe(rng.expovariate(1 / 0.03))
         for model, classes in models.items():
             for stage in ("decode", "queue", "inference", "explain", "total"):
-                m["stage"].labels(model, stage).observe(rng.expovariate(1 / 0.01))
-            m["batch"].labels(model).observe(rng.choice((1, 2, 4, 8)))
-            m["depth"].labels(model).set(rng.randint(0, 10))
+                m["stage"].labels(model, "3", stage).observe(rng.expovariate(1 / 0.01))
+            m["batch"].labels(model, "3").observe(rng.choice((1, 2, 4, 8)))
+            m["depth"].labels(model, "3").set(rng.randint(0, 10))
             confidence = rng.uniform(0.3, 1.0)
-            m["predictions"].labels(model, rng.choice(classes)).inc()
-            m["confidence"].labels(model).observe(confidence)
-            m["low"].labels(model).inc(confidence < 0.5)
-            m["bytes"].labels(model).observe(rng.uniform(2e3, 2e5))
-            m["pixels"].labels(model).observe(rng.uniform(1e3, 1e6))
+            m["predictions"].labels(model, "3", rng.choice(classes)).inc()
+            m["confidence"].labels(model, "3").observe(confidence)
+            m["low"].labels(model, "3").inc(confidence < 0.5)
+            m["bytes"].labels(model, "3").observe(rng.uniform(2e3, 2e5))
+            m["pixels"].labels(model, "3").observe(rng.uniform(1e3, 1e6))
             m["loads"].labels(model, rng.choice(("success", "failure"))).inc(rng.random() < 0.1)
             m["unloads"].labels(model).inc(rng.random() < 0.05)
         m["in_flight"].set(rng.randint(0, 5))
