@@ -60,6 +60,8 @@ from bench_server import (  # the same helpers, so both benchmarks measure alike
     serialized_requests,
 )
 
+from serving.card import MODEL_FILE
+
 TARGET_LOSS_PERCENT = 3.0
 SERVERS = ("on", "off")
 MODES = ("unary", "stream")
@@ -251,7 +253,7 @@ def main() -> None:
     args.rounds = args.rounds or (2 if args.quick else 6)
     args.seconds = args.seconds or (1.5 if args.quick else 4.0)
     args.warmup = args.warmup or (0.5 if args.quick else 1.0)
-    if not (args.model / "model.tflite").is_file():
+    if not (args.model / MODEL_FILE).is_file():
         parser.error(f"{args.model} has no model.tflite: pass a quantized artifact")
     if "--metrics-port" in args.server_args:
         parser.error("--server-args must not set --metrics-port: it is what is compared")

@@ -53,13 +53,13 @@ def measure(artifact: Path, repeats: int) -> dict:
     from training.data import load_dataset
 
     card = load_card(artifact)
-    if not card.quantization:
+    if card.quantization is None:
         raise SystemExit(f"{artifact} is not quantized: run `make quantize` first")
     config = load_config(artifact / "config.yaml")
     images = load_dataset(config.data, config.seed).val_images[: max(BATCHES)]
     weights = load_head_weights(artifact, card)
-    variants = card.quantization["variants"]
-    models = {mode: TFLiteModel(artifact / v["file"], num_threads=1)
+    variants = card.quantization.variants
+    models = {mode: TFLiteModel(artifact / v.file, num_threads=1)
               for mode, v in variants.items()}
     cases = [(mode, kind, batch) for mode in models for kind in ("classify", "heatmap")
              for batch in BATCHES]
@@ -75,11 +75,11 @@ def measure(artifact: Path, repeats: int) -> dict:
                 calls[kind](models[mode], images[:batch], weights)
             times[case].append((time.perf_counter() - started) / BURST[batch])
     median_ms = {case: 1000 * float(np.median(t)) for case, t in times.items()}
-    results = {"artifact": str(artifact), "head": card.model["cam"]["head"], "repeats": repeats,
+    results = {"artifact": str(artifact), "head": card.cam.head, "repeats": repeats,
                "variants": {}}
     for mode, variant in variants.items():
-        row = {"bytes": variant["bytes"], "accuracy": variant["accuracy"],
-               "agreement": variant["agreement"]}
+        row = {"bytes": variant.bytes, "accuracy": variant.accuracy,
+               "agreement": variant.agreement}
         for batch in BATCHES:
             classify = median_ms[(mode, "classify", batch)]
             heatmap = median_ms[(mode, "heatmap", batch)]

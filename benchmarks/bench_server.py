@@ -91,7 +91,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monitoring.local_prometheus import free_port  # noqa: E402
-from serving.card import load_card  # noqa: E402
+from serving.card import MODEL_FILE, load_card  # noqa: E402
 from serving.image.decode import decode_image  # noqa: E402
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb  # noqa: E402
 from serving.runtime.interpreter import TFLiteModel  # noqa: E402
@@ -579,7 +579,7 @@ def main() -> None:
     args.seconds = args.seconds or (1.0 if args.quick else 5.0)
     args.warmup = args.warmup or (0.5 if args.quick else 1.0)
     for path in (args.model, args.small_model):
-        if path is not None and not (path / "model.tflite").is_file():
+        if path is not None and not (path / MODEL_FILE).is_file():
             parser.error(f"{path} has no model.tflite: quantize it first (make quantize "
                          f"ARTIFACT={path}), or pass a quantized artifact")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -607,7 +607,7 @@ def main() -> None:
     artifacts = {name: path for name, path in artifacts.items() if path is not None}
     inputs = {name: model_inputs(path, args.format) for name, path in artifacts.items()}
     rounds = 10 if args.quick else 40
-    raw = {name: measure_raw(path / "model.tflite", inputs[name][1], sizes, rounds)
+    raw = {name: measure_raw(path / MODEL_FILE, inputs[name][1], sizes, rounds)
            for name, path in artifacts.items()}
 
     def serve(path: Path, *extra: str) -> list[str]:

@@ -44,8 +44,8 @@ def main() -> None:
     weights = load_head_weights(args.artifact, artifact.card)
     print(f"{'variant':<8} {'mean r':>8} {'min r':>8} {'max |d|':>8} flat ({informative.sum()} "
           f"informative reference maps of {len(images)})")
-    for mode, variant in artifact.card.quantization["variants"].items():
-        model = TFLiteModel(args.artifact / variant["file"])
+    for mode, variant in artifact.card.quantization.variants.items():
+        model = TFLiteModel(args.artifact / variant.file)
         _, activations, gradients, _ = activations_and_gradients(model, images, targets, weights)
         served = get_method("gradcam")(activations, gradients)[informative]
         flat = served.std(axis=(1, 2)) == 0

@@ -286,7 +286,7 @@ class ModelCard:
         self.model = _model_spec(self.model, "model")
         self.model.check("model")
         if not isinstance(self.files, Mapping):
-            raise CardError(f"files must be an object; got {self.files!r}")
+            raise CardError(f"files must be an object; got {_short(self.files)}")
         self.files = {name: _section(FileEntry, entry, f"files[{name!r}]")
                       for name, entry in self.files.items()}
         for name, entry in self.files.items():
@@ -382,18 +382,23 @@ def _expect(where: str, value: Any, kinds, what: str) -> None:
     """CardError unless ``value`` is one of ``kinds`` (a bool is not a number here)."""
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise CardError(f"{where} must be {what}; got {value!r}")
+        raise CardError(f"{where} must be {what}; got {_short(value)}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _expect_head(where: str, head: Any) -> None:
     if head not in HEADS:
-        raise CardError(f"{where} must be one of {', '.join(HEADS)}; got {head!r}")
+        raise CardError(f"{where} must be one of {', '.join(HEADS)}; got {_short(head)}")
 
 
 def _fields(cls, data: Any, where: str) -> dict[str, Any]:
     """The mapping ``data`` as keyword arguments of ``cls``: no unknown or missing field."""
     if not isinstance(data, Mapping):
-        raise CardError(f"{where} must be an object; got {data!r}")
+        raise CardError(f"{where} must be an object; got {_short(data)}")
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [key for key in data if key not in names]
     if unknown:
@@ -409,15 +414,23 @@ def _section(cls, data: Any, where: str):
     return data if isinstance(data, cls) else cls(**_fields(cls, data, where))
 
 
+def _old_head(head: Any) -> Any:
+    """An older card's spelling of a head in today's vocabulary (HEADS)."""
+    return _OLD_HEADS.get(head, head) if isinstance(head, str) else head
+
+
 def _model_spec(data: Any, where: str) -> ModelSpec:
     if isinstance(data, ModelSpec):
         return data
     values = _fields(ModelSpec, data, where)
-    values["head"] = _OLD_HEADS.get(values.get("head"), values.get("head"))
-    if values.get("cam") is not None:
+    values["head"] = _old_head(values.get("head"))
+    if values["head"] is not None:
+        _expect_head(f"{where}.head", values["head"])
+    if values.get("cam") is not None and not isinstance(values["cam"], CamSpec):
         cam = _fields(CamSpec, values["cam"], f"{where}.cam")
-        cam["head"] = _OLD_HEADS.get(cam["head"], cam["head"])
+        cam["head"] = _old_head(cam["head"])
         values["cam"] = CamSpec(**cam)
+    if values.get("cam") is not None:
         if values["head"] is not None:
             # Older training wrote model.head by a looser rule than the export (any global pool
             # made "gap", so a GAP -> hard-swish Dense head read "gap"); the export's is right.
@@ -430,7 +443,7 @@ def _quantization(data: Any, where: str) -> Quantization:
         return data
     values = _fields(Quantization, data, where)
     if not isinstance(values["variants"], Mapping):
-        raise CardError(f"{where}.variants must be an object; got {values['variants']!r}")
+        raise CardError(f"{where}.variants must be an object; got {_short(values['variants'])}")
     values["variants"] = {mode: _section(Variant, variant, f"{where}.variants[{mode!r}]")
                           for mode, variant in values["variants"].items()}
     values["gate"] = _section(Gate, values["gate"], f"{where}.gate")

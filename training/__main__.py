@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from serving.card import Quantization
 from training.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "shapes.yaml"
@@ -62,15 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_quantization(report: dict) -> str:
-    rows = [f"Keras accuracy {report['keras_accuracy']:.4f}",
+def format_quantization(report: Quantization) -> str:
+    rows = [f"Keras accuracy {report.keras_accuracy:.4f}",
             f"{'mode':<8} {'file':<24} {'bytes':>10} {'accuracy':>8} {'agree':>7} {'ms@1':>7}"]
-    for mode, v in report["variants"].items():
-        rows.append(f"{mode:<8} {v['file']:<24} {v['bytes']:>10,} {v['accuracy']:>8.4f} "
-                    f"{v['agreement']:>7.4f} {v['latency_ms_batch1']:>7.3f}")
-    gate = report["gate"]
-    rows.append(f"gate: {'passed' if gate['passed'] else 'FAILED'} "
-                f"(int8 may lose at most {gate['max_drop_points']} points)")
+    for mode, v in report.variants.items():
+        rows.append(f"{mode:<8} {v.file:<24} {v.bytes:>10,} {v.accuracy:>8.4f} "
+                    f"{v.agreement:>7.4f} {v.latency_ms_batch1:>7.3f}")
+    gate = report.gate
+    rows.append(f"gate: {'passed' if gate.passed else 'FAILED'} "
+                f"(int8 may lose at most {gate.max_drop_points} points)")
     return "\n".join(rows)
 
 

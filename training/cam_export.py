@@ -21,9 +21,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from serving.card import GAP_HEAD, GRADIENT_HEAD
 from training.models import FEATURE_LAYER, LOGITS_LAYER
 
-__all__ = ["affine_head", "export_saved_model", "head_layers", "reference_cam_inputs"]
+__all__ = ["affine_head", "export_saved_model", "head_kind", "head_layers",
+           "reference_cam_inputs"]
 
 _AFFINE = (keras.layers.Dropout, keras.layers.Rescaling, keras.layers.Dense)
 
@@ -58,15 +60,25 @@ def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return model.layers[start:stop]
 
 
+def _is_gap_head(layers: list[keras.layers.Layer]) -> bool:
+    """features -> GAP -> affine layers (linear Dense, Rescaling, Dropout) -> logits."""
+    return (isinstance(layers[0], keras.layers.GlobalAveragePooling2D)
+            and all(isinstance(layer, _AFFINE) for layer in layers[1:])
+            and not any(isinstance(layer, keras.layers.Dense)
+                        and layer.activation.__name__ != "linear" for layer in layers[1:]))
+
+
+def head_kind(model: keras.Model) -> str:
+    """The card's head (``serving.card.HEADS``): ``GAP_HEAD`` when the gradient of each logit at
+    the feature map is a constant, W_eff[:, c] / (h * w), else ``GRADIENT_HEAD``. The one rule:
+    training writes it as ``model.head``, the export picks its ``cam_inputs`` signature by it."""
+    return GAP_HEAD if _is_gap_head(head_layers(model)) else GRADIENT_HEAD
+
+
 def affine_head(model: keras.Model) -> np.ndarray | None:
     """W_eff (C, classes) when features -> GAP -> affine layers -> logits, else None."""
     layers = head_layers(model)
-    if not isinstance(layers[0], keras.layers.GlobalAveragePooling2D):
-        return None
-    if not all(isinstance(layer, _AFFINE) for layer in layers[1:]):
-        return None
-    if any(isinstance(layer, keras.layers.Dense) and layer.activation.__name__ != "linear"
-           for layer in layers[1:]):
+    if not _is_gap_head(layers):
         return None
     channels = model.get_layer(FEATURE_LAYER).output.shape[-1]
     identity = np.eye(channels, dtype=np.float32)
@@ -107,7 +119,8 @@ def _head_fn(layers):
 
 
 def export_saved_model(model: keras.Model, directory: str) -> str:
-    """Write a SavedModel with ``classify`` and ``cam_inputs``; return the head kind."""
+    """Write a SavedModel with ``classify`` and ``cam_inputs``; return the head kind
+    (``head_kind``)."""
     features = model.get_layer(FEATURE_LAYER).output
     two_outputs = keras.Model(model.input, [model.output, features], name="cam_model")
     height, width, channels = model.input_shape[1:]
@@ -119,13 +132,13 @@ def export_saved_model(model: keras.Model, directory: str) -> str:
         return {"probabilities": two_outputs(image, training=False)[0]}
 
     archive.add_endpoint("classify", classify, input_signature=[image])
-    if affine_head(model) is not None:
+    kind = head_kind(model)
+    if kind == GAP_HEAD:
         def cam_inputs(image):
             probabilities, activations = two_outputs(image, training=False)
             return {"probabilities": probabilities, "activations": activations}
 
         archive.add_endpoint("cam_inputs", cam_inputs, input_signature=[image])
-        kind = "gap"
     else:
         head = _head_fn(head_layers(model))
         features_model = keras.Model(model.input, features)
@@ -143,7 +156,6 @@ def export_saved_model(model: keras.Model, directory: str) -> str:
                     "gradients": gradients}
 
         archive.add_endpoint("cam_inputs", cam_inputs_with_target, input_signature=[image, onehot])
-        kind = "gradient"
     archive.write_out(directory, verbose=False)
     return kind
 

@@ -9,7 +9,6 @@ repeat the run), ``history.json`` / ``history.csv`` (per-epoch metrics and learn
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import subprocess
@@ -18,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from serving.card import InputSpec, ModelCard, save_card
+from serving.card import FileEntry, InputSpec, ModelCard, ModelSpec, save_card
 from serving.reference_stats import reference_stats
 from training import models
+from training.cam_export import head_kind
 from training.config import Config
 
-__all__ = ["file_digest", "new_artifact_dir", "write_artifact"]
+__all__ = ["new_artifact_dir", "write_artifact"]
 
 
 def new_artifact_dir(config: Config) -> Path:
@@ -31,14 +31,6 @@ def new_artifact_dir(config: Config) -> Path:
     path = Path(config.output_dir) / f"{config.name}-{stamp}"
     path.mkdir(parents=True, exist_ok=False)
     return path
-
-
-def file_digest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
 
 
 def write_artifact(artifact_dir: Path, *, model, config: Config, dataset, history: dict,
@@ -55,19 +47,19 @@ def write_artifact(artifact_dir: Path, *, model, config: Config, dataset, histor
         labels=list(dataset.class_names),
         input=InputSpec(height=int(height), width=int(width), channels=int(channels)),
         normalization=normalization,
-        model={
-            "family": config.model.name,
-            "feature_layer": models.FEATURE_LAYER,
-            "logits_layer": models.LOGITS_LAYER,
-            "head": models.head_kind(model),
-            "parameters": int(model.count_params()),
-        },
+        model=ModelSpec(
+            family=config.model.name,
+            feature_layer=models.FEATURE_LAYER,
+            logits_layer=models.LOGITS_LAYER,
+            head=head_kind(model),
+            parameters=int(model.count_params()),
+        ),
         dataset=dataset.summary(),
         training=training,
         metrics={"validation": {"accuracy": metrics["accuracy"], "loss": metrics["loss"]},
                  "evaluation": {**metrics, "tta_flip": training.get("tta_flip", False)}},
         reference=reference_stats(probabilities, dataset.val_images),
-        files={"model.keras": file_digest(artifact_dir / "model.keras")},
+        files={"model.keras": FileEntry.of(artifact_dir / "model.keras")},
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         git_commit=_git_commit(),
     )

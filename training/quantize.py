@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -28,13 +29,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from serving.card import save_card
+from serving.card import (
+    GRADIENT_HEAD,
+    MODEL_FILE,
+    CamSpec,
+    FileEntry,
+    Gate,
+    Quantization,
+    Variant,
+    save_card,
+)
 from serving.runtime.interpreter import TFLiteModel
 from training import models
 from training.artifact import load_artifact
 from training.cam_export import affine_head, export_saved_model
 from training.errors import UserError
-from training.export import file_digest
 
 __all__ = ["MODES", "QuantizationGateError", "float32_model", "quantize_artifact"]
 
@@ -49,7 +58,7 @@ class QuantizationGateError(UserError):
 
 
 def quantize_artifact(artifact_dir: str | Path, modes: list[str] = ("int8",),
-                      representative_size: int = 500, max_drop: float = 1.0) -> dict:
+                      representative_size: int = 500, max_drop: float = 1.0) -> Quantization:
     artifact_dir = Path(artifact_dir)
     for mode in modes:
         if mode not in MODES:
@@ -66,36 +75,36 @@ def quantize_artifact(artifact_dir: str | Path, modes: list[str] = ("int8",),
         head = export_saved_model(model, tmp)
         sample = _representative(dataset.train_images, representative_size, config.seed)
         for i, mode in enumerate(modes):
-            name = "model.tflite" if i == 0 else f"model.{mode}.tflite"
+            name = MODEL_FILE if i == 0 else f"model.{mode}.tflite"
             started = time.perf_counter()
             (artifact_dir / name).write_bytes(_convert(tmp, mode, sample, card.num_classes,
-                                                       with_target=head == "gradient"))
+                                                       with_target=head == GRADIENT_HEAD))
             log.info("converted %s in %.1f s", name, time.perf_counter() - started)
             variants[mode] = _verify(artifact_dir / name, dataset, keras_probabilities)
-            variants[mode]["file"] = name
     if head_weights is not None:
         np.save(artifact_dir / CAM_HEAD_FILE, head_weights, allow_pickle=False)
-        card.files[CAM_HEAD_FILE] = file_digest(artifact_dir / CAM_HEAD_FILE)
+        card.files[CAM_HEAD_FILE] = FileEntry.of(artifact_dir / CAM_HEAD_FILE)
 
-    drops = {mode: round(100 * (keras_accuracy - v["accuracy"]), 3) for mode, v in variants.items()}
+    drops = {mode: round(100 * (keras_accuracy - v.accuracy), 3) for mode, v in variants.items()}
     failed = [m for m, drop in drops.items() if m == "int8" and drop > max_drop]
     for variant in variants.values():
-        card.files[variant["file"]] = {"sha256": variant["sha256"], "bytes": variant["bytes"]}
-    card.model["cam"] = {"signature": "cam_inputs", "head": head,
-                         "head_weights": CAM_HEAD_FILE if head_weights is not None else None}
-    card.quantization = {
-        "keras_accuracy": keras_accuracy,
-        "primary": modes[0],
-        "variants": variants,
-        "gate": {"max_drop_points": max_drop, "drop_points": drops, "passed": not failed},
-        "representative_size": len(sample),
-    }
+        card.files[variant.file] = FileEntry(sha256=variant.sha256, bytes=variant.bytes)
+    cam = CamSpec(signature="cam_inputs", head=head,
+                  head_weights=CAM_HEAD_FILE if head_weights is not None else None)
+    card.model = dataclasses.replace(card.model, head=head, cam=cam)
+    card.quantization = Quantization(
+        keras_accuracy=keras_accuracy,
+        primary=modes[0],
+        variants=variants,
+        gate=Gate(max_drop_points=max_drop, drop_points=drops, passed=not failed),
+        representative_size=len(sample),
+    )
     card.deployable = not failed
     save_card(card, artifact_dir)
     if failed:
         raise QuantizationGateError(
             f"int8 lost {drops['int8']:.2f} points of top-1 against Keras "
-            f"({keras_accuracy:.4f} -> {variants['int8']['accuracy']:.4f}); the limit is "
+            f"({keras_accuracy:.4f} -> {variants['int8'].accuracy:.4f}); the limit is "
             f"{max_drop} points: {artifact_dir} is not deployable")
     return card.quantization
 
@@ -154,18 +163,21 @@ def _calibration(sample: np.ndarray, num_classes: int, with_target: bool):
     return generate
 
 
-def _verify(path: Path, dataset, keras_probabilities: np.ndarray) -> dict:
+def _verify(path: Path, dataset, keras_probabilities: np.ndarray) -> Variant:
     runtime = TFLiteModel(path)
     probabilities = np.concatenate([runtime.classify(dataset.val_images[i:i + 256])
                                     for i in range(0, len(dataset.val_images), 256)])
     predicted = probabilities.argmax(1)
-    return {
-        "accuracy": float((predicted == dataset.val_labels).mean()),
-        "agreement": float((predicted == keras_probabilities.argmax(1)).mean()),
-        "max_abs_probability_error": float(np.abs(probabilities - keras_probabilities).max()),
-        "latency_ms_batch1": _latency(runtime, dataset.val_images[:1]),
-        **file_digest(path),
-    }
+    entry = FileEntry.of(path)
+    return Variant(
+        accuracy=float((predicted == dataset.val_labels).mean()),
+        agreement=float((predicted == keras_probabilities.argmax(1)).mean()),
+        max_abs_probability_error=float(np.abs(probabilities - keras_probabilities).max()),
+        latency_ms_batch1=_latency(runtime, dataset.val_images[:1]),
+        sha256=entry.sha256,
+        bytes=entry.bytes,
+        file=path.name,
+    )
 
 
 def _latency(runtime: TFLiteModel, image: np.ndarray, repeats: int = 30) -> float:

@@ -161,9 +161,9 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             versions=manager.models().get(servable.name, []),
             labels=manager.labels().get(servable.name, {}),
             classes=card.labels, input_height=card.input.height, input_width=card.input.width,
-            input_dtype="uint8", variant=card.quantization.get("primary", ""),
-            sha256=card.files[MODEL_FILE]["sha256"], cam_methods=list(METHODS),
-            cam_head=card.model.get("cam", {}).get("head", ""))
+            input_dtype="uint8", variant=card.quantization.primary if card.quantization else "",
+            sha256=card.files[MODEL_FILE].sha256, cam_methods=list(METHODS),
+            cam_head=card.cam.head if card.cam is not None else "")
 
     def _submit(self, request, context, in_stream: bool = False):
         kind = request.WhichOneof("input")

@@ -67,8 +67,8 @@ class StateCollector(Collector):
                     continue
                 labels, card = [name, str(version)], servable.card
                 holding += servable.holders
-                info.add_metric([*labels, card.files[MODEL_FILE]["sha256"],
-                                 card.quantization.get("primary", "")], 1)
+                info.add_metric([*labels, card.files[MODEL_FILE].sha256,
+                                 card.quantization.primary if card.quantization else ""], 1)
                 batcher, drift = servable.batcher, servable.drift
                 if batcher is not None:
                     depth.add_metric(labels, batcher.queue_depth)

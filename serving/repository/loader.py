@@ -19,7 +19,6 @@ warms its own with ``warm_up`` at its batch sizes, so no first request pays for 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,24 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from serving.card import MODEL_FILE, CardError, ModelCard, load_card
+from serving.card import MODEL_FILE, CardError, ModelCard, file_sha256, load_card
 from serving.repository.servable import Servable
 from serving.runtime.explain import load_head_weights
 from serving.runtime.interpreter import TFLiteModel
 
-__all__ = ["LoadError", "file_sha256", "load_servable", "warm_up"]
+__all__ = ["LoadError", "load_servable", "warm_up"]
 
 
 class LoadError(Exception):
     """A version directory cannot be served; the message says why."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_servable(name: str, version: int, path: str | Path, *,
@@ -65,8 +56,7 @@ def load_servable(name: str, version: int, path: str | Path, *,
         raise LoadError("card says deployable: false (quantization did not pass its accuracy gate)")
     if card.version is not None and card.version != version:
         raise LoadError(f"card says version {card.version} but the directory is version {version}")
-    head_file = card.model.get("cam", {}).get("head_weights")
-    for file in [MODEL_FILE, head_file] if head_file else [MODEL_FILE]:
+    for file in card.served_files:
         _verify(path, file, card)
 
     model_path = path / MODEL_FILE
@@ -88,9 +78,10 @@ def load_servable(name: str, version: int, path: str | Path, *,
 
 
 def _verify(path: Path, file: str, card: ModelCard) -> None:
-    expected = card.files.get(file, {}).get("sha256")
-    if expected is None:
+    entry = card.files.get(file)
+    if entry is None:
         raise LoadError(f"card has no sha256 for {file} in its files")
+    expected = entry.sha256
     try:
         actual = file_sha256(path / file)
     except OSError as exc:
@@ -122,7 +113,7 @@ def warm_up(model: Any, card: ModelCard, batch_sizes: Sequence[int]) -> float:
             probabilities = model.classify(np.zeros((batch, *shape), np.uint8))
             if probabilities.shape != (batch, card.num_classes):
                 raise ValueError(f"it returned shape {probabilities.shape}")
-            if card.model.get("cam"):
+            if card.cam is not None:
                 step = f"cam_inputs at batch size {batch}"
                 # The one-hot target is ignored by heads that do not need it (GAP).
                 model.cam_inputs(np.zeros((batch, *shape), np.uint8),

@@ -25,8 +25,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from serving.card import CARD_FILE, MODEL_FILE, CardError, ModelCard, load_card, save_card
-from serving.repository.loader import LoadError, file_sha256, load_servable
+from serving.card import CARD_FILE, CardError, ModelCard, file_sha256, load_card, save_card
+from serving.repository.loader import LoadError, load_servable
 from serving.repository.source import LABELS_FILE, read_labels, version_dirs
 from serving.runtime.interpreter import TFLiteModel
 
@@ -64,8 +64,7 @@ def deploy(artifact: Path, models: Path, name: str | None = None,
     if not _NAME.fullmatch(name):
         raise DeployError(f"bad model name {name!r}: use letters, digits, '.', '_' or '-', "
                           "starting with a letter or digit")
-    head = card.model.get("cam", {}).get("head_weights")
-    files = [MODEL_FILE, head] if head else [MODEL_FILE]
+    files = card.served_files
     model_dir = models / name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = max(version_dirs(model_dir), default=0) + 1
@@ -74,7 +73,8 @@ def deploy(artifact: Path, models: Path, name: str | None = None,
         staging.mkdir()
         for file in files:
             shutil.copyfile(artifact / file, staging / file)
-            expected = card.files.get(file, {}).get("sha256")
+            entry = card.files.get(file)
+            expected = entry.sha256 if entry is not None else None
             actual = file_sha256(staging / file)
             if actual != expected:
                 raise DeployError(f"sha256 mismatch: {file} is {actual}, card says {expected} "

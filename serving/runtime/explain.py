@@ -1,6 +1,6 @@
 """Activations and gradients for Grad-CAM from one TFLite model call.
 
-Two kinds of model, told apart by the card's ``model.cam.head``:
+Two kinds of model, told apart by the card's ``model.cam.head`` (``serving.card.HEADS``):
 - ``gap``: the features reach the logits through a global average pool and affine layers, so
   d logit_c / dA[i, j, k] = W_eff[k, c] / (h * w) at every position. One call of
   ``cam_inputs(image)`` gives the activations; the gradient comes from ``cam_head.npy``.
@@ -22,7 +22,7 @@ __all__ = ["activations_and_gradients", "load_head_weights"]
 def load_head_weights(model_dir: str | Path, card) -> np.ndarray | None:
     """The (C, K) GAP-head weights a model card names (``model.cam.head_weights``), or None
     for a head whose gradient is computed in-graph. ValueError names a bad file."""
-    file = card.model.get("cam", {}).get("head_weights")
+    file = card.cam.head_weights if card.cam is not None else None
     if not file:
         return None
     path = Path(model_dir) / file

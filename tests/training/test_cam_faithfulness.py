@@ -87,7 +87,7 @@ def setup(tmp_path_factory):
         log(f"recipe {RECIPE}: data and training {trained_s:.0f} s "
             f"({card.training['seconds']:.0f} s fitting), validation accuracy "
             f"{card.metrics['validation']['accuracy']:.4f}, int8 "
-            f"{card.quantization['variants']['int8']['accuracy']:.4f}; "
+            f"{card.quantization.variants['int8'].accuracy:.4f}; "
             f"{time.perf_counter() - started:.0f} s with quantisation")
 
         # Adebayo et al.'s full randomisation: every layer back at its random start, the

@@ -7,7 +7,7 @@ import pytest
 
 from serving.cam import get_method
 from serving.cam.faithfulness import map_correlation
-from serving.card import load_card
+from serving.card import GAP_HEAD, GRADIENT_HEAD, FileEntry, load_card
 from serving.runtime.explain import activations_and_gradients, load_head_weights
 from serving.runtime.interpreter import TFLiteModel
 from training.cam_export import reference_cam_inputs
@@ -33,19 +33,24 @@ def images_of(artifact, n=24):
 def test_every_mode_is_written_verified_and_recorded(quantized):
     kind, artifact, report = quantized
     card = load_card(artifact)
-    assert card.deployable and card.quantization["gate"]["passed"]
-    assert set(report["variants"]) == {"int8", "float32", "float16", "dynamic"}
-    assert report["variants"]["int8"]["file"] == "model.tflite"
-    for mode, variant in report["variants"].items():
-        assert (artifact / variant["file"]).stat().st_size == variant["bytes"], mode
-        assert card.files[variant["file"]]["sha256"] == variant["sha256"]
-        assert 0.0 <= variant["accuracy"] <= 1.0 and variant["latency_ms_batch1"] > 0
-    assert report["variants"]["float32"]["agreement"] == 1.0
-    assert report["variants"]["float32"]["max_abs_probability_error"] < 1e-4
+    assert card.deployable and card.quantization.gate.passed
+    assert report == card.quantization and report.primary == "int8"
+    assert set(report.variants) == {"int8", "float32", "float16", "dynamic"}
+    assert report.variants["int8"].file == "model.tflite"
+    for mode, variant in report.variants.items():
+        assert (artifact / variant.file).stat().st_size == variant.bytes, mode
+        assert card.files[variant.file] == FileEntry(variant.sha256, variant.bytes)
+        assert card.files[variant.file] == FileEntry.of(artifact / variant.file)
+        assert 0.0 <= variant.accuracy <= 1.0 and variant.latency_ms_batch1 > 0
+    assert report.variants["float32"].agreement == 1.0
+    assert report.variants["float32"].max_abs_probability_error < 1e-4
     # tiny, briefly trained test models; the 98.5% is measured on CIFAR-10 (benchmarks)
-    assert report["variants"]["int8"]["agreement"] >= 0.8
-    assert report["variants"]["int8"]["bytes"] < 0.4 * report["variants"]["float32"]["bytes"]
-    assert card.model["cam"]["head"] == ("gap" if kind == "gap" else "gradient")
+    assert report.variants["int8"].agreement >= 0.8
+    assert report.variants["int8"].bytes < 0.4 * report.variants["float32"].bytes
+    head = GAP_HEAD if kind == "gap" else GRADIENT_HEAD  # the "dense" recipe: flatten + dense
+    assert card.cam.head == card.model.head == head  # one rule wrote both
+    assert card.served_files == (["model.tflite", "cam_head.npy"] if head == GAP_HEAD
+                                 else ["model.tflite"])
 
 
 def test_int8_takes_uint8_pixels_and_gives_probabilities(quantized):
@@ -113,4 +118,4 @@ def test_the_gate_refuses_a_model_that_lost_too_much(trained):
     with pytest.raises(QuantizationGateError, match="int8 lost .* points"):
         quantize_artifact(artifact, ["int8"], representative_size=50, max_drop=-100.0)
     card = load_card(artifact)
-    assert card.deployable is False and card.quantization["gate"]["passed"] is False
+    assert card.deployable is False and card.quantization.gate.passed is False

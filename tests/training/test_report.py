@@ -110,7 +110,7 @@ def test_every_section_and_class_is_there(report):
         assert any(label in image["alt"] for image in page.images
                    if image["section"] == "gradcam")
     assert card.name in page.text[None] and card.git_commit in page.text["overview"]
-    assert f"{card.model['parameters']:,}" in page.text["overview"]
+    assert f"{card.model.parameters:,}" in page.text["overview"]
     expected_source = ("model.tflite (int8) through the serving code" if kind == "quantized"
                        else "the Keras model (model.keras)")
     assert expected_source in page.text["gradcam"]
@@ -124,16 +124,16 @@ def test_the_quantization_table_matches_the_card(quantized_report):
     artifact, path = quantized_report
     page = Page(path.read_text(encoding="utf-8"))
     quantization = load_card(artifact).quantization
-    assert f"Keras accuracy {quantization['keras_accuracy']:.4f}" in page.text["quantization"]
+    assert f"Keras accuracy {quantization.keras_accuracy:.4f}" in page.text["quantization"]
     assert "passed" in page.text["quantization"]
     header, *rows = page.table("quantization")
-    assert header[:3] == ["mode", "file", "bytes"] and len(rows) == len(quantization["variants"])
-    for (mode, variant), row in zip(quantization["variants"].items(), rows, strict=True):
-        drop = quantization["gate"]["drop_points"][mode]
-        assert row == [mode + (" (primary)" if mode == "int8" else ""), variant["file"],
-                       f"{variant['bytes']:,}", f"{variant['bytes'] / 1024:.1f}",
-                       f"{variant['accuracy']:.4f}", f"{variant['agreement']:.4f}",
-                       f"{drop:+.3f}", f"{variant['latency_ms_batch1']:.3f}"]
+    assert header[:3] == ["mode", "file", "bytes"] and len(rows) == len(quantization.variants)
+    for (mode, variant), row in zip(quantization.variants.items(), rows, strict=True):
+        drop = quantization.gate.drop_points[mode]
+        assert row == [mode + (" (primary)" if mode == "int8" else ""), variant.file,
+                       f"{variant.bytes:,}", f"{variant.bytes / 1024:.1f}",
+                       f"{variant.accuracy:.4f}", f"{variant.agreement:.4f}",
+                       f"{drop:+.3f}", f"{variant.latency_ms_batch1:.3f}"]
 
 
 def test_a_model_not_quantized_says_so(plain_report):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from serving.card import load_card
+from serving.card import GAP_HEAD, load_card
 from training.evaluate import evaluate_artifact
 
 
@@ -26,11 +26,12 @@ def test_writes_a_valid_card(artifact):
     assert card.labels == ["circle", "square", "triangle", "star", "cross", "ring"]
     assert (card.input.height, card.input.width, card.input.channels) == (32, 32, 3)
     assert len(card.normalization["mean"]) == 3 and min(card.normalization["std"]) > 1
-    assert card.model["feature_layer"] == "features" and card.model["head"] == "gap"
+    assert card.model.feature_layer == "features" and card.model.head == GAP_HEAD
     assert len(card.dataset["fingerprint"]) == 64 and card.dataset["num_val"] == 120
     assert sum(card.reference.confidence.counts) == 120
     assert sum(card.reference.class_prior) == pytest.approx(1.0)
-    assert len(card.files["model.keras"]["sha256"]) == 64
+    assert len(card.files["model.keras"].sha256) == 64
+    assert card.files["model.keras"].bytes == (artifact / "model.keras").stat().st_size
     assert card.deployable is False  # only a quantization that passes its gate may set it
     assert card.created_at and card.training["epochs"] == 6
     assert card.name == "gap"

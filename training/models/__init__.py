@@ -39,7 +39,6 @@ __all__ = [
     "MODELS",
     "OUTPUT_LAYER",
     "build_model",
-    "head_kind",
     "initialize_from_data",
 ]
 
@@ -88,11 +87,3 @@ def initialize_from_data(model: keras.Model, images: np.ndarray) -> None:
     if airbench.WHITEN_LAYER in {layer.name for layer in model.layers}:
         airbench.initialize_from_data(model, images)
 
-
-def head_kind(model: keras.Model) -> str:
-    """``"gap"`` when features reach the logits through a global average pool (Grad-CAM's
-    gradient is then W[:, c] / (h * w), no gradient graph needed), else ``"dense"``."""
-    import keras
-
-    pooled = any(isinstance(layer, keras.layers.GlobalAveragePooling2D) for layer in model.layers)
-    return "gap" if pooled else "dense"

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from serving.cam import METHODS, get_method
-from serving.card import ModelCard
+from serving.card import MODEL_FILE, ModelCard
 from training.report import figures
 from training.report.page import Figure, render
 
@@ -150,16 +150,15 @@ def _gallery(artifact_dir: Path, card: ModelCard, model, images, labels, predict
 
 def _cam_inputs(artifact_dir: Path, card: ModelCard, model, images, targets):
     """(activations, gradients, where they came from) for explaining ``targets``."""
-    tflite = artifact_dir / "model.tflite"
-    cam = card.model.get("cam")
-    if tflite.is_file() and cam:
+    tflite = artifact_dir / MODEL_FILE
+    if tflite.is_file() and card.cam is not None and card.quantization is not None:
         from serving.runtime.explain import activations_and_gradients, load_head_weights
         from serving.runtime.interpreter import TFLiteModel
 
         weights = load_head_weights(artifact_dir, card)
         _, activations, gradients, _ = activations_and_gradients(
             TFLiteModel(tflite), images, targets, weights)
-        primary = card.quantization["primary"]
+        primary = card.quantization.primary
         return activations, gradients, f"model.tflite ({primary}) through the serving code"
     from training.cam_export import reference_cam_inputs
 

@@ -85,9 +85,10 @@ def _overview(card: ModelCard) -> str:
     badge = ('<span class="badge yes">yes</span>' if card.deployable
              else '<span class="badge no">no</span>')
     rows = [
-        ["Family", card.model["family"]],
-        ["Parameters", f"{card.model['parameters']:,}"],
-        ["Head", card.model["head"]],
+        ["Family", card.model.family or "unknown"],
+        ["Parameters", f"{card.model.parameters:,}" if card.model.parameters is not None
+         else "unknown"],
+        ["Head", card.model.head or "unknown"],
         ["Input", f"{card.input.height}x{card.input.width}x{card.input.channels}"],
         ["Dataset", f"{data['name']}: {data['num_train']} train / {data['num_val']} "
                     f"validation images, {card.num_classes} classes"],
@@ -113,21 +114,21 @@ def _per_class(card: ModelCard) -> str:
 
 def _quantization(card: ModelCard) -> str:
     q = card.quantization
-    if not q:
+    if q is None:
         return ('<p class="note">The model is not quantized yet: run '
                 "<code>python -m training quantize ARTIFACT</code>.</p>")
-    gate = q["gate"]
-    drops = gate["drop_points"]
-    rows = [[mode + (" (primary)" if mode == q["primary"] else ""), v["file"],
-             f"{v['bytes']:,}", f"{v['bytes'] / 1024:.1f}", f"{v['accuracy']:.4f}",
-             f"{v['agreement']:.4f}", f"{drops[mode]:+.3f}",
-             f"{v['latency_ms_batch1']:.3f}"] for mode, v in q["variants"].items()]
+    gate = q.gate
+    drops = gate.drop_points
+    rows = [[mode + (" (primary)" if mode == q.primary else ""), v.file,
+             f"{v.bytes:,}", f"{v.bytes / 1024:.1f}", f"{v.accuracy:.4f}",
+             f"{v.agreement:.4f}", f"{drops[mode]:+.3f}",
+             f"{v.latency_ms_batch1:.3f}"] for mode, v in q.variants.items()]
     table = _table(["mode", "file", "bytes", "KiB", "accuracy", "agreement with Keras",
                     "drop (points)", "latency ms (batch 1)"], rows, {2, 3, 4, 5, 6, 7})
-    verdict = ('<span class="badge yes">passed</span>' if gate["passed"]
+    verdict = ('<span class="badge yes">passed</span>' if gate.passed
                else '<span class="badge no">failed</span>')
-    return (f"<p>Keras accuracy {q['keras_accuracy']:.4f}. Gate: {verdict} (int8 may lose at "
-            f"most {_e(gate['max_drop_points'])} points of top-1 against Keras).</p>{table}")
+    return (f"<p>Keras accuracy {q.keras_accuracy:.4f}. Gate: {verdict} (int8 may lose at "
+            f"most {_e(gate.max_drop_points)} points of top-1 against Keras).</p>{table}")
 
 
 def render(card: ModelCard, figures: dict[str, list[Figure]], notes: dict[str, str]) -> str:
@@ -146,6 +147,6 @@ def render(card: ModelCard, figures: dict[str, list[Figure]], notes: dict[str, s
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>"
-            f"<h1>{_e(title)}</h1><p class=\"sub\">{_e(card.model['family'])} on "
+            f"<h1>{_e(title)}</h1><p class=\"sub\">{_e(card.model.family or 'unknown')} on "
             f"{_e(card.dataset['name'])}, {_e(card.created_at)}</p><nav>{nav}</nav>"
             + "\n".join(sections) + "</main></body></html>\n")

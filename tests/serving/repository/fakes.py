@@ -4,13 +4,12 @@ A fake ``model.tflite`` is JSON ({"classes": K, "size": [H, W]}); ``FakeModel`` 
 way ``TFLiteModel`` opens a real file, so a test changes the model by changing those bytes.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from serving.card import InputSpec, ModelCard, save_card
+from serving.card import GAP_HEAD, CamSpec, FileEntry, InputSpec, ModelCard, ModelSpec, save_card
 
 LABELS = ["cat", "dog"]
 
@@ -44,15 +43,15 @@ def write_artifact(path: Path, *, model: bytes | None = None, labels=LABELS,
     path.mkdir(parents=True, exist_ok=True)
     model = model_bytes(len(labels)) if model is None else model
     (path / "model.tflite").write_bytes(model)
-    files = {"model.tflite": _entry(model)}
-    cam = {"signature": "cam_inputs", "head": "gap", "head_weights": None}
+    files = {"model.tflite": FileEntry.of(path / "model.tflite")}
+    cam = CamSpec(signature="cam_inputs", head=GAP_HEAD)
     if head:
         np.save(path / "cam_head.npy", np.ones((4, len(labels)), np.float32))
-        files["cam_head.npy"] = _entry((path / "cam_head.npy").read_bytes())
-        cam["head_weights"] = "cam_head.npy"
+        files["cam_head.npy"] = FileEntry.of(path / "cam_head.npy")
+        cam = CamSpec(signature="cam_inputs", head=GAP_HEAD, head_weights="cam_head.npy")
     card = ModelCard(labels=list(labels), input=InputSpec(height=4, width=4),
                      normalization={"mean": [0.0] * 3, "std": [1.0] * 3},
-                     model={"family": "fake", "cam": cam}, dataset={"name": "fake"},
+                     model=ModelSpec(family="fake", cam=cam), dataset={"name": "fake"},
                      files=files, deployable=deployable, **card_fields)
     save_card(card, path)
     return card
@@ -62,7 +61,3 @@ def write_version(base: Path, name: str, version: int, **kwargs) -> Path:
     path = base / name / str(version)
     write_artifact(path, name=name, version=version, **kwargs)
     return path
-
-
-def _entry(data: bytes) -> dict:
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}

@@ -3,8 +3,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from serving.card import load_card, save_card
-from serving.repository.loader import LoadError, file_sha256, load_servable
+from serving.card import FileEntry, load_card, save_card
+from serving.repository.loader import LoadError, load_servable
 
 from .fakes import FakeModel, model_bytes, write_artifact
 
@@ -85,7 +85,7 @@ def test_load_rejects_head_weights_of_the_wrong_shape(tmp_path):
     write_artifact(tmp_path)
     np.save(tmp_path / "cam_head.npy", np.ones((4, 5), np.float32))
     card = load_card(tmp_path)
-    card.files["cam_head.npy"]["sha256"] = file_sha256(tmp_path / "cam_head.npy")
+    card.files["cam_head.npy"] = FileEntry.of(tmp_path / "cam_head.npy")
     save_card(card, tmp_path)
     with pytest.raises(LoadError, match=r"cam_head.npy has shape \(4, 5\); expected"):
         load(tmp_path)

@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import pytest
 
+from serving.card import GAP_HEAD, GRADIENT_HEAD
+from training.cam_export import affine_head, head_kind
 from training.config import ModelConfig
 from training.errors import UserError
 from training.models import (
@@ -81,6 +83,19 @@ def test_standardization_is_baked_in(model):
     one_std_up = at_mean + np.array(STD, "float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(standardize(at_mean)), 0, atol=1e-6)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(standardize(one_std_up)), 1, rtol=1e-6)
+
+
+# The card's head per family. mobilenet_v3 pools, but its hard-swish Dense makes the gradient
+# vary with the input: the old rule ("any global pool is gap") got it wrong.
+HEADS = {"airbench": GAP_HEAD, "resnet": GAP_HEAD, "basic_cnn": GRADIENT_HEAD,
+         "mobilenet_v3_small": GRADIENT_HEAD}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_the_head_kind_is_the_one_the_export_uses(name):
+    model = _build(TINY[name])
+    assert head_kind(model) == HEADS[name]
+    assert (affine_head(model) is not None) == (HEADS[name] == GAP_HEAD)
 
 
 def test_unknown_name_is_a_user_error():
