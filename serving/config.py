@@ -38,6 +38,11 @@ class ServerConfig:
     poll_seconds: float = 2.0  # how often the repository is scanned for new versions
     default_model: str = ""  # requests that name no model; empty: the only model
 
+    # A/B experiments (docs/ab-testing.md), reloaded with the repository's poll.
+    experiments_file: str = ""  # "": <model_repository>/experiments.yaml, when it exists
+    feedback_key_file: str = ""  # HMAC key of signed request ids; "": one made per process
+    decide_seconds: float = 1.0  # how often each experiment's decision is taken
+
     host: str = "[::]"
     port: int = 8500
     # Handler threads (docs/limits.md): unary calls past grpc_threads in flight and streams past
@@ -106,7 +111,7 @@ class ServerConfig:
         positive = ("port", "grpc_threads", "max_streams", "stream_idle_seconds",
                     "max_batch_size", "max_queue_size", "max_message_bytes", "max_image_bytes",
                     "max_request_images", "max_image_pixels", "keep_versions",
-                    "interpreter_threads", "drift_window", "drift_min_samples")
+                    "interpreter_threads", "drift_window", "drift_min_samples", "decide_seconds")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")

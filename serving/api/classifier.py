@@ -191,7 +191,8 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             top_k=request.top_k if request.HasField("top_k") else None, explain=explain,
             deadline=deadline,
             # A stream's callbacks would pile up for its whole life; its requests run out.
-            on_cancel=None if in_stream else context.add_callback)
+            on_cancel=None if in_stream else context.add_callback,
+            metadata=dict(context.invocation_metadata()) if self.inference.routes else None)
 
 
 class _StreamState:
@@ -254,7 +255,7 @@ def _response(result: Result, top_k: int) -> pb.ClassifyResponse:
         classes=[pb.Class(index=i, label=label, score=score)
                  for i, label, score in result.top(top_k)],
         model_name=result.model_name, model_version=result.model_version,
-        request_id=result.request_id,
+        request_id=result.request_id, experiment=result.experiment, variant=result.variant,
         timing=pb.Timing(decode_seconds=t.decode_seconds, queue_seconds=t.queue_seconds,
                          inference_seconds=t.inference_seconds,
                          explain_seconds=t.explain_seconds, total_seconds=t.total_seconds))

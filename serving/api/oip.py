@@ -80,30 +80,37 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         # Every field is checked against the request's own bytes before anything is allocated
         # per image or queued (docs/limits.md).
-        rid = request_id_for(request.id)  # one id for all of the request's images
-        servable = self.inference.servable(request.model_name,
-                                           _version_number(request.model_version),
-                                           _label(request.parameters))
+        rid = request_id_for(request.id)  # one id (so one variant) for all its images
+        version, label = _version_number(request.model_version), _label(request.parameters)
+        servable = self.inference.servable(request.model_name, version, label)
         card = servable.card
         explain = _explain(request.parameters)
         wanted, classification = _outputs(request.outputs, explain, card.num_classes)
         items = _inputs(request, card.input.height, card.input.width, self.max_images)
         deadline = deadline_after(context.time_remaining())
+        metadata = dict(context.invocation_metadata()) if self.inference.routes else None
         pending = []  # all queued before any is awaited: one request's images share batches
         try:
             for index, item in enumerate(items):
                 try:
                     pending.append(self.inference.submit(
-                        request_id=rid, name=servable.name, version=servable.version,
-                        deadline=deadline, explain=explain, **item))
+                        request_id=rid, name=request.model_name, version=version,
+                        label=label, deadline=deadline, explain=explain,
+                        metadata=metadata, **item))
                 except BadRequest as exc:
                     raise BadRequest(exc.reason, f"input {index}: {exc}") from None
         finally:
             results = [self._finish(p) for p in pending]
         if any(isinstance(r, ServingError) for r in results):
             raise next(r for r in results if isinstance(r, ServingError))
-        response = pb.ModelInferResponse(model_name=servable.name, id=rid,
-                                         model_version=str(servable.version))
+        answered = results[0]  # the images of one request share their variant
+        response = pb.ModelInferResponse(model_name=answered.model_name, id=answered.request_id,
+                                         model_version=str(answered.model_version))
+        if answered.variant:
+            response.parameters["experiment"].string_param = answered.experiment
+            response.parameters["variant"].string_param = answered.variant
+            context.send_initial_metadata((("sightline-experiment", answered.experiment),
+                                           ("sightline-variant", answered.variant)))
         if "probabilities" in wanted:
             if classification:
                 _add_classification(response, results, classification)

@@ -30,10 +30,12 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from serving.api import classifier as classifier_module
+from serving.api import experiments as experiments_module
 from serving.api import oip
 from serving.api.admission import Admission, AdmittedExecutor
 from serving.api.auth import BearerTokenInterceptor, read_tokens
 from serving.config import ConfigError, ServerConfig, load_config
+from serving.errors import BadRequest, UnknownModel
 from serving.image.decode import DecodeLimits
 from serving.inference.attachments import AttachingLoader
 from serving.inference.dataplane import Inference
@@ -45,13 +47,16 @@ from serving.observe.metrics_http import MetricsServer
 from serving.repository.loader import LoadError
 from serving.repository.manager import ModelManager
 from serving.repository.policy import parse_policy
+from serving.repository.publish import set_label
 from serving.repository.source import DirectorySource
+from serving.routing.live import LiveExperiments
 from serving.runtime.interpreter import TFLiteModel
 
 __all__ = ["Server", "create_server", "main", "serve"]
 
 log = logging.getLogger("sightline.server")
-SERVICES = ("", classifier_module.SERVICE_NAME, oip.SERVICE_NAME)  # "": the server as a whole
+SERVICES = ("", classifier_module.SERVICE_NAME, oip.SERVICE_NAME,
+            experiments_module.SERVICE_NAME)  # "": the server as a whole
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 QUIET_SECONDS = 0.1  # shutdown: no refused call for this long means gRPC's queue is empty
 COMPRESSION = {"none": grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip,
@@ -74,6 +79,7 @@ class Server:
     admission: Admission | None = None
     classifier: classifier_module.ClassifierService | None = None
     tokens: list[bytes] | None = None  # bearer tokens, when auth is on
+    experiments: LiveExperiments | None = None
     _metrics_http: MetricsServer | None = None
     _stop_polling: threading.Event = field(default_factory=threading.Event)
     _hurry: threading.Event = field(default_factory=threading.Event)  # cut the drain delay short
@@ -87,6 +93,8 @@ class Server:
             self._poll()
             threading.Thread(target=self._poll_until_stopped, name="repository-poller",
                              daemon=True).start()
+        if self.experiments is not None:
+            self.experiments.start()
         self.update_health()
         log.info("serving on port %d: models %s", self.port, self.manager.models())
 
@@ -148,6 +156,8 @@ class Server:
         # that lets the last responses leave.
         self.admission.wait_quiet(QUIET_SECONDS, min(1.0, max(0.0, ends - time.monotonic())))
         self.grpc_server.stop(min(grace, 1.0)).wait()
+        if self.experiments is not None:
+            self.experiments.stop()
         self.manager.close(timeout=grace)
         if self._metrics_http is not None:
             self._metrics_http.stop()
@@ -186,10 +196,11 @@ def create_server(config: ServerConfig, port: int | None = None,
         manager = ModelManager(loader=loader, on_event=on_event)
         source = DirectorySource(config.model_repository, _policy(config),
                                  interval_seconds=config.poll_seconds)
+    experiments = LiveExperiments.build(config)
     inference = Inference(
         manager, default_model=config.default_model, observer=metrics or NO_OBSERVER,
         limits=DecodeLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels),
-        max_decodes=config.decode_slots)
+        max_decodes=config.decode_slots, router=experiments.router)
     if metrics is not None:
         metrics.watch(manager)
 
@@ -215,6 +226,11 @@ def create_server(config: ServerConfig, port: int | None = None,
     service_pb.add_ImageClassifierServicer_to_server(classifier, grpc_server)
     oip.pb_grpc.add_GRPCInferenceServiceServicer_to_server(
         oip.InferenceService(inference, max_images=config.request_image_limit), grpc_server)
+    experiments_module.pb_grpc.add_ExperimentsServicer_to_server(
+        experiments_module.ExperimentsService(
+            experiments.router, inference,
+            promote=None if config.model_dir else lambda e: _promote(manager, config, e)),
+        grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     for name in SERVICES:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -223,7 +239,24 @@ def create_server(config: ServerConfig, port: int | None = None,
     address = f"{config.host}:{config.port if port is None else port}"
     bound = _bind(grpc_server, address, config)
     return Server(config, grpc_server, bound, inference, manager, health_servicer, source,
-                  metrics, admission=admission, classifier=classifier, tokens=tokens)
+                  metrics, admission=admission, classifier=classifier, tokens=tokens,
+                  experiments=experiments)
+
+
+def _promote(manager: ModelManager, config: ServerConfig, experiment) -> None:
+    """Make the candidate the baseline: point the baseline's label at the candidate's version
+    (labels.json, replaced atomically; the next poll serves it)."""
+    if experiment.baseline.label is None:
+        raise BadRequest("not_labelled", f"experiment {experiment.name}'s baseline is a fixed "
+                                         "version; promotion moves a label, so give the "
+                                         "baseline as a label")
+    version = experiment.candidate.version or manager.labels().get(
+        experiment.model, {}).get(experiment.candidate.label)
+    if version is None:
+        raise UnknownModel("unknown_model", f"the candidate ({experiment.candidate}) is not "
+                                            "served, so there is no version to promote")
+    set_label(Path(config.model_repository) / experiment.model, experiment.baseline.label,
+              version)
 
 
 def _policy(config: ServerConfig):

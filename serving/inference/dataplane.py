@@ -4,13 +4,15 @@ Both APIs (``api.classifier`` for Sightline's own, ``api.oip`` for the Open Infe
 call ``Inference.submit`` then ``finish``; nothing here knows about gRPC messages. One request:
 
 1. get its request id (the client's, checked, or a new one);
-2. pick the servable (name, version or label) and hold it, so a reload cannot unload it
-   mid-request;
-3. decode the bytes safely, or check the raw tensor, to the model's (H, W, 3) input;
-4. submit to the servable's dynamic batcher, with the request's deadline, and wait;
+2. ask the router (``routing.Router``) whether an experiment answers it, and which variant;
+3. pick the servable (name, version or label) and hold it, so a reload cannot unload it
+   mid-request; a routed request whose candidate is not loaded gets the baseline;
+4. decode the bytes safely, or check the raw tensor, to the model's (H, W, 3) input;
+5. submit to the servable's dynamic batcher, with the request's deadline, and wait;
    a batcher worker runs the batch on its own interpreter (``inference.runner``), computing
    CAM maps for the whole batch at the feature map's size;
-5. upsample and render the heatmap for this request (PNG overlay and/or raw map).
+6. upsample and render the heatmap for this request (PNG overlay and/or raw map); a routed
+   request's outcome goes to the router, which signs its request id for late labels.
 
 Every failure leaves as a ``serving.errors.ServingError``.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -53,6 +55,8 @@ from serving.inference.types import (
 )
 from serving.repository.manager import ModelManager, ModelNotFound
 from serving.repository.servable import Servable
+from serving.routing.assignment import Variant
+from serving.routing.router import Route, Router
 
 __all__ = ["Inference", "Pending"]
 
@@ -75,6 +79,7 @@ class Pending:
     started: float
     input_bytes: int | None = None  # encoded size, for metrics
     input_pixels: int | None = None  # width x height as sent
+    route: Route | None = None  # the experiment and variant, when one routed it
 
 
 class Inference:
@@ -82,8 +87,9 @@ class Inference:
 
     def __init__(self, manager: ModelManager, *, limits: DecodeLimits | None = None,
                  default_model: str = "", observer: Observer = NO_OBSERVER,
-                 max_decodes: int = 4):
+                 max_decodes: int = 4, router: Router | None = None):
         self.manager = manager
+        self.router = router
         # Metrics wrap the path through these hooks; requests in flight are the servables'
         # holders, counted at scrape time.
         self.observer = observer
@@ -97,15 +103,22 @@ class Inference:
                label: str | None = None, image: bytes | None = None,
                tensor: tuple[bytes, list[int], str] | None = None, top_k: int | None = None,
                explain: Explain | None = None, deadline: float | None = None,
-               on_cancel: Callable[[Callable[[], None]], None] | None = None) -> Pending:
+               on_cancel: Callable[[Callable[[], None]], None] | None = None,
+               metadata: Mapping[str, str] | None = None) -> Pending:
         """Check, decode and queue a request; ``finish`` waits for it. ``deadline`` is
         time.monotonic() seconds; ``on_cancel(callback)`` registers what to call if the client
-        goes away. Streams submit many before finishing any, so batches fill."""
+        goes away; ``metadata`` holds the call's headers, where an experiment's sticky key is.
+        Streams submit many before finishing any, so batches fill."""
         started = time.perf_counter()
-        servable = None
+        servable = route = None
         try:
             rid = request_id_for(request_id)
-            servable = self._lookup(self.manager.acquire, name, version, label)
+            if self.router is not None and version is None and label is None:
+                route = self._route(name, rid, metadata)
+            if route is None:
+                servable = self._lookup(self.manager.acquire, name, version, label)
+            else:
+                servable, route = self._acquire_routed(route)
             card = servable.card
             top_k = self._top_k(top_k, card.num_classes)
             if explain is not None:
@@ -119,12 +132,13 @@ class Inference:
                 servable.release()
             if isinstance(exc, ServingError):
                 self.observer.rejected_request(exc.reason, type(exc).__name__)
+            self._count_failure(route, exc, started)
             raise
         if on_cancel is not None:
             on_cancel(future.cancel)
         return Pending(rid, servable, pixels, explain, top_k, deadline, future,
                        Timing(decode_seconds=decoded - started), started,
-                       None if image is None else len(image), input_pixels)
+                       None if image is None else len(image), input_pixels, route)
 
     def finish(self, pending: Pending) -> tuple[Result, int]:
         """Wait for a submitted request (up to its deadline), render its heatmap, release the
@@ -133,9 +147,12 @@ class Inference:
             result = self._finish(pending)
         except ServingError as exc:
             self.observer.rejected_request(exc.reason, type(exc).__name__)
+            self._count_failure(pending.route, exc, pending.started)
             raise
         finally:
             pending.servable.release()
+        if pending.route is not None:
+            self._count_routed(pending.route, result)
         self.observer.request_done(result, pending.servable.card.labels, pending.input_bytes,
                                    pending.input_pixels)
         if log.isEnabledFor(logging.DEBUG):
@@ -160,10 +177,57 @@ class Inference:
         result.timing.total_seconds = done - pending.started
         return result
 
+    @property
+    def routes(self) -> bool:
+        """Whether any experiment runs (the APIs pass the call's headers only then)."""
+        return self.router is not None and bool(self.router.experiments())
+
+    def _route(self, name: str, request_id: str, metadata) -> Route | None:
+        model = name or self.default_model()
+        experiment = self.router.experiment_for(model)
+        if experiment is None:
+            return None
+        key = request_id
+        if experiment.sticky_key is not None and metadata:
+            key = metadata.get(experiment.sticky_key) or request_id
+        return self.router.route(model, key)
+
+    def _acquire_routed(self, route: Route) -> tuple[Servable, Route]:
+        """The routed variant's servable; the baseline when the candidate is not loaded (it
+        was unloaded, or failed to load): the client never sees the experiment's trouble."""
+        model = route.experiment.model
+        try:
+            spec = route.spec
+            return self._lookup(self.manager.acquire, model, spec.version, spec.label), route
+        except UnknownModel:
+            if route.variant is Variant.BASELINE:
+                raise
+        route = self.router.fall_back(route)
+        spec = route.spec
+        return self._lookup(self.manager.acquire, model, spec.version, spec.label), route
+
+    def _count_routed(self, route: Route, result: Result) -> None:
+        signed = self.router.finished(route, True, result.timing.total_seconds,
+                                      result.top_class)
+        result.client_request_id, result.request_id = result.request_id, signed
+        result.experiment, result.variant = route.experiment.name, route.variant.value
+
+    def _count_failure(self, route: Route | None, exc: BaseException, started: float) -> None:
+        """A routed request that failed on the server's side counts against its variant; a
+        bad request or a client that left says nothing about the model."""
+        if route is not None and not isinstance(exc, (BadRequest, Cancelled)):
+            self.router.finished(route, False, time.perf_counter() - started, None)
+
     def servable(self, name: str = "", version: int | None = None,
                  label: str | None = None) -> Servable:
         """The servable a request names (the default model when ``name`` is empty), for a
-        metadata answer; requests that run hold theirs with ``submit``."""
+        metadata answer; requests that run hold theirs with ``submit``. An experiment's name
+        gives its baseline."""
+        experiment = (self.router.experiment_for(name) if self.router is not None and name
+                      and version is None and label is None else None)
+        if experiment is not None and experiment.name == name:
+            name, version, label = (experiment.model, experiment.baseline.version,
+                                    experiment.baseline.label)
         return self._lookup(self.manager.get, name, version, label)
 
     def _lookup(self, find, name: str, version, label) -> Servable:

@@ -83,6 +83,9 @@ class Result:
     probabilities: np.ndarray  # (K,) float32
     heatmap: Heatmap | None = None
     timing: Timing = field(default_factory=Timing)
+    experiment: str = ""  # set when an A/B experiment routed the request...
+    variant: str = ""  # ...with the variant that answered; request_id is then signed
+    client_request_id: str = ""  # the id the client sent, when request_id was signed
 
     @property
     def top_class(self) -> int:

@@ -8,10 +8,20 @@ request and whether a candidate version should keep, gain or lose its share of l
   comparison and the sample-ratio-mismatch check.
 - ``decide``: the experiment's configuration, per-arm counts and the ``decide`` function that
   turns them into the next state, candidate share and a reason naming the deciding number.
+- ``feedback``: request ids signed with HMAC-SHA256 over what was served (experiment, arm,
+  class, time), so a label sent hours later to any replica is counted for the right arm with
+  no shared state; its rotating keys, and the filter that counts a repeated label once.
+- ``experiment``: an experiment's definition (the name clients send, model, baseline and
+  candidate, mode, guardrails, sticky key, salt), its YAML or JSON file with every error naming
+  the field, and the file's live reload that keeps the last good definition.
+- ``state``: an experiment's decision state, saved atomically under
+  ``<repository>/.experiments/`` so a restart resumes it, and discarded when the definition
+  it was decided under changes.
 
 The rule: this room imports no transport and no metrics library (no grpc, no
-prometheus_client, nothing from ``serving.api`` or ``serving.observe``) and no TensorFlow;
-numpy and scipy only (tests/serving/test_rooms.py). Its decisions are pure functions of counts
-and config, so the same code judges one process, counts summed across processes, or counts read
-fleet-wide from Prometheus by whoever wires it in.
+prometheus_client, nothing from ``serving.api`` or ``serving.observe``) and no TensorFlow; the
+standard library, numpy, scipy, PyYAML and ``serving.errors`` only (tests/serving/test_rooms.py,
+tests/serving/routing/test_imports.py). Its decisions are pure functions of counts and config,
+so the same code judges one process, counts summed across processes, or counts read fleet-wide
+from Prometheus by whoever wires it in.
 """

@@ -101,7 +101,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("classes", "model_name", "model_version", "request_id", "heatmap", "timing", "error")
+    __slots__ = ("classes", "model_name", "model_version", "request_id", "heatmap", "timing", "error", "experiment", "variant")
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,8 @@ class ClassifyResponse(_message.Message):
     HEATMAP_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     classes: _containers.RepeatedCompositeFieldContainer[Class]
     model_name: str
     model_version: int
@@ -116,7 +118,9 @@ class ClassifyResponse(_message.Message):
     heatmap: Heatmap
     timing: Timing
     error: Error
-    def __init__(self, classes: _Optional[_Iterable[_Union[Class, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., request_id: _Optional[str] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    experiment: str
+    variant: str
+    def __init__(self, classes: _Optional[_Iterable[_Union[Class, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., request_id: _Optional[str] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("model",)

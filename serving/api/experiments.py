@@ -1,0 +1,150 @@
+"""``sightline.experiments.v1.Experiments``: late labels, status and operator actions for A/B
+experiments, over the process's ``routing.Router``.
+
+SendFeedback answers each label on its own (accepted, or the reason it was not), so one forged
+or expired id never fails a batch. Status reports what ``decide`` sees: the counts per variant,
+the accuracy interval, the always-valid p-value and the SRM p-value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+
+from serving.api.status import answer_errors
+from serving.errors import BadRequest, UnknownModel, shown
+from serving.inference.dataplane import Inference
+from serving.protos_gen.sightline.experiments.v1 import experiments_pb2 as pb
+from serving.protos_gen.sightline.experiments.v1 import experiments_pb2_grpc as pb_grpc
+from serving.routing.assignment import Variant
+from serving.routing.decide import State
+from serving.routing.feedback import FeedbackRejected
+from serving.routing.router import Router
+from serving.routing.stats import msprt_p_value, sample_ratio_p_value, wilson_interval
+
+__all__ = ["ExperimentsService", "MAX_FEEDBACK", "SERVICE_NAME"]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Experiments"].full_name
+MAX_FEEDBACK = 1000  # labels in one SendFeedback
+
+
+class ExperimentsService(pb_grpc.ExperimentsServicer):
+    def __init__(self, router: Router, inference: Inference, promote=None):
+        self.router = router
+        self.inference = inference
+        self._promote = promote  # (experiment) -> None: moves the baseline's label
+
+    @answer_errors
+    def SendFeedback(self, request, context):
+        if len(request.feedback) > MAX_FEEDBACK:
+            raise BadRequest("too_many_labels", f"{len(request.feedback):,} labels in one call; "
+                                                f"at most {MAX_FEEDBACK:,}")
+        results = [self._one(item) for item in request.feedback]
+        return pb.SendFeedbackResponse(results=results,
+                                       accepted=sum(r.accepted for r in results))
+
+    def _one(self, item) -> pb.FeedbackResult:
+        result = pb.FeedbackResult(request_id=item.request_id[:128])
+        try:
+            served = self.router.verify(item.request_id)
+            self.router.label(served, item.request_id, self._true_class(item, served))
+        except FeedbackRejected as exc:
+            result.reason, result.message = exc.reason, str(exc)
+            return result
+        except BadRequest as exc:
+            result.reason, result.message = "bad_label", str(exc)
+            return result
+        result.accepted = True
+        return result
+
+    def _true_class(self, item, served) -> int:
+        """The label as a class index of the variant that answered (versions may order their
+        classes differently)."""
+        experiment = self.router.experiments()[served.experiment]
+        spec = (experiment.candidate if served.variant == Variant.CANDIDATE.value
+                else experiment.baseline)
+        try:
+            labels = self.inference.servable(experiment.model, spec.version,
+                                             spec.label).card.labels
+        except UnknownModel as exc:
+            raise BadRequest("bad_label", f"the {served.variant} that answered is no longer "
+                                          f"served, so its labels are unknown: {exc}") from None
+        which = item.WhichOneof("truth")
+        if which == "true_class":
+            if not 0 <= item.true_class < len(labels):
+                raise BadRequest("bad_label", f"true_class must be between 0 and "
+                                              f"{len(labels) - 1}; got {item.true_class}")
+            return item.true_class
+        if which == "true_label":
+            try:
+                return labels.index(item.true_label)
+            except ValueError:
+                raise BadRequest("bad_label", f"unknown label {shown(item.true_label)}; known: "
+                                              f"{', '.join(labels)}") from None
+        raise BadRequest("bad_label", "give true_class or true_label")
+
+    @answer_errors
+    def ABStatus(self, request, context):
+        names = sorted(self.router.experiments())
+        if request.experiment:
+            names = [self._known(request.experiment)]
+        return pb.ABStatusResponse(experiments=[self._status(name) for name in names])
+
+    @answer_errors
+    def SetWeight(self, request, context):
+        share = request.candidate_share
+        if not (math.isfinite(share) and 0.0 <= share <= 1.0):
+            raise BadRequest("bad_share", f"candidate_share must be between 0 and 1; got {share}")
+        name = self._known(request.experiment)
+        self.router.set_share(name, share, request.reason or f"set to {share:g} by an operator")
+        return self._status(name)
+
+    @answer_errors
+    def Rollback(self, request, context):
+        name = self._known(request.experiment)
+        self.router.end(name, State.ROLLED_BACK, request.reason or "rolled back by an operator")
+        return self._status(name)
+
+    @answer_errors
+    def Promote(self, request, context):
+        name = self._known(request.experiment)
+        if self._promote is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server has no model "
+                          "repository to move a label in (it serves --model-dir)")
+        self._promote(self.router.experiments()[name])
+        self.router.end(name, State.PROMOTABLE, request.reason or "promoted by an operator")
+        return self._status(name)
+
+    def _known(self, name: str) -> str:
+        if name not in self.router.experiments():
+            known = ", ".join(sorted(self.router.experiments())) or "none"
+            raise UnknownModel("unknown_experiment", f"no experiment {shown(name)}; running: "
+                                                     f"{known}")
+        return name
+
+    def _status(self, name: str) -> pb.ExperimentStatus:
+        experiment, state = self.router.experiments()[name], self.router.state(name)
+        baseline, candidate = self.router.counts(name)
+        share = state.candidate_share
+        return pb.ExperimentStatus(
+            name=name, model=experiment.model, mode=str(experiment.config.mode.value),
+            state=state.state.value, reason=state.reason, candidate_share=share,
+            step=state.step_index,
+            baseline=_variant(Variant.BASELINE, experiment.baseline, baseline),
+            candidate=_variant(Variant.CANDIDATE, experiment.candidate, candidate),
+            sequential_p_value=msprt_p_value(baseline.correct, baseline.feedback,
+                                             candidate.correct, candidate.feedback),
+            srm_p_value=sample_ratio_p_value([baseline.requests, candidate.requests],
+                                             [1 - share, share])
+            if 0 < share < 1 and baseline.requests + candidate.requests else 1.0)
+
+
+def _variant(variant: Variant, spec, counts) -> pb.VariantStatus:
+    low, high = (wilson_interval(counts.correct, counts.feedback) if counts.feedback
+                 else (math.nan, math.nan))
+    return pb.VariantStatus(
+        variant=variant.value, version=spec.version or 0, label=spec.label or "",
+        requests=counts.requests, errors=counts.errors, feedback=counts.feedback,
+        correct=counts.correct, accuracy=counts.accuracy, accuracy_low=low, accuracy_high=high,
+        latency_p99_seconds=counts.latency_p99_seconds)

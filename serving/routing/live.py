@@ -1,0 +1,84 @@
+"""Experiments kept current in a running server: the file reloaded, decisions taken on a timer.
+
+``LiveExperiments.build(config)`` makes the process's ``Router`` from the server config: the
+experiments file (``experiments_file``, else ``<model_repository>/experiments.yaml`` when it
+exists), the state directory next to the repository (``<model_repository>/.experiments/``)
+and the feedback key (``feedback_key_file``, else a key made for this process only, which the
+log says: ids it signs are then refused by other replicas and after a restart).
+``start`` runs one daemon thread that, every ``decide_seconds``, re-reads the file when it
+changed (a bad file keeps the last good experiments, and the log says why) and steps the
+router's decisions; ``stop`` ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from serving.routing.decide import Mode
+from serving.routing.experiment import ExperimentFile
+from serving.routing.feedback import FeedbackKey, FeedbackKeys
+from serving.routing.router import Router
+from serving.routing.state import StateStore
+
+__all__ = ["LiveExperiments", "STATE_DIRECTORY", "EXPERIMENTS_FILE"]
+
+log = logging.getLogger("sightline.routing")
+EXPERIMENTS_FILE = "experiments.yaml"
+STATE_DIRECTORY = ".experiments"  # a dot name: the repository scanner skips it
+
+
+class LiveExperiments:
+    def __init__(self, router: Router, file: ExperimentFile | None, decide_seconds: float):
+        self.router = router
+        self.file = file
+        self.decide_seconds = decide_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def build(cls, config) -> LiveExperiments:
+        repository = None if config.model_dir else Path(config.model_repository)
+        path = (Path(config.experiments_file) if config.experiments_file
+                else repository / EXPERIMENTS_FILE if repository is not None else None)
+        if config.feedback_key_file:
+            keys = FeedbackKeys(FeedbackKey.from_file(config.feedback_key_file))
+        else:
+            keys = FeedbackKeys(FeedbackKey.generate())
+        store = StateStore(repository / STATE_DIRECTORY) if repository is not None else None
+        live = cls(Router(keys, store), ExperimentFile(path) if path else None,
+                   config.decide_seconds)
+        live.reload()
+        if live.router.experiments() and not config.feedback_key_file:
+            log.warning("experiments run without feedback_key_file: request ids are signed with "
+                        "a key of this process only, so other replicas and a restart refuse "
+                        "their labels")
+        return live
+
+    def reload(self) -> None:
+        if self.file is not None and self.file.poll():
+            experiments = dict(self.file.current)
+            for name, experiment in list(experiments.items()):
+                if experiment.config.mode is Mode.SHADOW:  # the copy path is not built yet
+                    log.error("experiment %s not started: mode shadow is not available in "
+                              "this version; use split or canary", name)
+                    del experiments[name]
+            self.router.set_experiments(experiments)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="experiments", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.decide_seconds):
+            try:
+                self.reload()
+                self.router.step()
+            except Exception:  # a bad step must not end the experiments; the next may work
+                log.exception("deciding experiments failed")

@@ -1,0 +1,233 @@
+"""The router: which variant answers a request, what each variant did, and when to decide.
+
+What it is: one ``Router`` per server process holds the live experiments (from
+``routing.experiment``), each one's decision state (persisted by ``routing.state``) and its
+counts per variant. It is the data plane's only door into routing:
+- ``route(model, key)`` -> a ``Route`` (the experiment, the variant, the version or label to
+  serve) for a request naming an experiment, or its model with no version or label; else None;
+- ``finished(route, ok, seconds, predicted_class)`` counts the outcome and returns the signed
+  request id (``routing.feedback``) that lets any replica accept its label later;
+- ``verify(request_id)`` reads what a signed id says was served, and ``label(...)`` counts
+  its late true label;
+- ``step(now)`` runs ``decide.decide`` on every experiment's counts, applies and persists a
+  changed decision, and logs it with its reason.
+
+What it guarantees:
+- Assignment is ``assignment.bucket(salt, key)`` against the state's candidate share: the same
+  key gets the same variant in every process and replica, and a rolled-back or halted
+  experiment sends everything to the baseline.
+- Decisions are the pure ``decide.decide`` of counts and config, never of anything this
+  object remembers beyond those counts, so summed counts decide the same way fleet-wide.
+- A canary step's counts start at zero when the step changes (``decide`` judges each step on
+  its own traffic).
+- Thread-safe: one lock around counters, held for a few additions per request.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from serving.routing.assignment import Variant, bucket, variant_for
+from serving.routing.decide import State, VariantCounts, decide
+from serving.routing.experiment import Experiment, VariantSpec
+from serving.routing.feedback import FeedbackKeys, FeedbackRejected, RecentLabels, Served, sign
+from serving.routing.feedback import verify as verify_id
+from serving.routing.state import ExperimentState, StateStore
+
+__all__ = ["Route", "Router"]
+
+log = logging.getLogger("sightline.routing")
+LATENCY_SAMPLES = 4096  # per variant: the p99 of the last this-many requests
+LABEL_MAX_AGE_SECONDS = 7 * 24 * 3600  # a label later than this is refused as expired
+
+
+@dataclass(frozen=True)
+class Route:
+    experiment: Experiment
+    variant: Variant
+
+    @property
+    def spec(self) -> VariantSpec:
+        return (self.experiment.candidate if self.variant is Variant.CANDIDATE
+                else self.experiment.baseline)
+
+
+@dataclass
+class _Arm:
+    requests: int = 0
+    errors: int = 0
+    feedback: int = 0
+    correct: int = 0
+    latencies: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES))
+
+    def counts(self) -> VariantCounts:
+        p99 = float(np.percentile(self.latencies, 99)) if self.latencies else float("nan")
+        return VariantCounts(self.requests, self.feedback, self.correct, self.errors,
+                             p99 if p99 > 0 else float("nan"))
+
+
+@dataclass
+class _Running:
+    experiment: Experiment
+    state: ExperimentState
+    arms: dict[Variant, _Arm] = field(default_factory=lambda: {v: _Arm() for v in Variant})
+
+
+class Router:
+    def __init__(self, keys: FeedbackKeys, store: StateStore | None = None, *,
+                 clock: Callable[[], float] = time.time, recent_labels: int = 100_000):
+        self.keys = keys
+        self.store = store
+        self.clock = clock
+        self._recent = RecentLabels(recent_labels, LABEL_MAX_AGE_SECONDS)
+        self._running: dict[str, _Running] = {}
+        self._by_model: dict[str, str] = {}  # model name -> experiment name
+        self._lock = threading.Lock()
+
+    # -- the experiments ------------------------------------------------------------------
+
+    def set_experiments(self, experiments: dict[str, Experiment]) -> None:
+        """Run exactly these: an unchanged definition keeps its counts and state, a new or
+        changed one starts from its saved state (when the definition matches) or afresh."""
+        now = self.clock()
+        with self._lock:
+            running = {}
+            for name, experiment in experiments.items():
+                old = self._running.get(name)
+                if old is not None and old.experiment == experiment:
+                    running[name] = old
+                    continue
+                state = (self.store.restore(experiment, now) if self.store is not None
+                         else StateStore.initial(experiment, now))
+                running[name] = _Running(experiment, state)
+                log.info("experiment %s on %s: %s (%s)", name, experiment.model,
+                         state.state.value, state.reason or "started")
+            self._running = running
+            self._by_model = {r.experiment.model: name for name, r in running.items()}
+
+    def experiments(self) -> dict[str, Experiment]:
+        return {name: r.experiment for name, r in self._running.items()}
+
+    def state(self, name: str) -> ExperimentState:
+        return self._running[name].state
+
+    # -- the request path -----------------------------------------------------------------
+
+    def experiment_for(self, model: str) -> Experiment | None:
+        """The experiment a request for ``model`` (an experiment's name, or its model) joins."""
+        running = self._running.get(model) or self._running.get(self._by_model.get(model, ""))
+        return None if running is None else running.experiment
+
+    def route(self, model: str, key: str) -> Route | None:
+        """The variant for a request naming ``model`` (an experiment's name, or its model)."""
+        running = self._running.get(model) or self._running.get(self._by_model.get(model, ""))
+        if running is None:
+            return None
+        experiment = running.experiment
+        share = running.state.candidate_share
+        return Route(experiment, variant_for(bucket(experiment.salt, key), share))
+
+    def fall_back(self, route: Route) -> Route:
+        """The baseline, for a request whose candidate is not loaded: clients see no error."""
+        return replace(route, variant=Variant.BASELINE)
+
+    def finished(self, route: Route, ok: bool, seconds: float,
+                 predicted_class: int | None) -> str | None:
+        """Count one routed request; -> its signed request id (None when it failed)."""
+        with self._lock:
+            running = self._running.get(route.experiment.name)
+            if running is not None and running.experiment is route.experiment:
+                arm = running.arms[route.variant]
+                arm.requests += 1
+                arm.errors += not ok
+                if ok:
+                    arm.latencies.append(seconds)
+        if not ok or predicted_class is None:
+            return None
+        served = Served(route.experiment.name, route.variant.value, predicted_class,
+                        int(self.clock()))
+        return sign(self.keys, served)
+
+    def verify(self, request_id: str) -> Served:
+        """What a signed request id says was served; raises ``FeedbackRejected`` (malformed,
+        forged, expired, future, unknown_experiment)."""
+        served = verify_id(self.keys, request_id, self.clock(), LABEL_MAX_AGE_SECONDS)
+        if served.experiment not in self._running:
+            raise FeedbackRejected("unknown_experiment", f"no experiment "
+                                   f"{served.experiment!r} runs here now")
+        return served
+
+    def label(self, served: Served, request_id: str, true_class: int) -> None:
+        """Count a late label for a verified id; a second label for one id within the window
+        raises ``FeedbackRejected("duplicate")``."""
+        with self._lock:
+            running = self._running.get(served.experiment)
+            if running is None:
+                raise FeedbackRejected("unknown_experiment", f"no experiment "
+                                       f"{served.experiment!r} runs here now")
+            if not self._recent.first_time(request_id, self.clock()):
+                raise FeedbackRejected("duplicate", "this request's label was already counted")
+            arm = running.arms[Variant(served.variant)]
+            arm.feedback += 1
+            arm.correct += served.predicted_class == true_class
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def counts(self, name: str) -> tuple[VariantCounts, VariantCounts]:
+        with self._lock:
+            arms = self._running[name].arms
+            return arms[Variant.BASELINE].counts(), arms[Variant.CANDIDATE].counts()
+
+    def step(self, now: float | None = None) -> list[ExperimentState]:
+        """Decide every experiment on its counts; -> the states that changed (persisted)."""
+        now = self.clock() if now is None else now
+        changed = []
+        for name, running in list(self._running.items()):
+            state = running.state
+            baseline, candidate = self.counts(name)
+            decision = decide(state.state, state.step_index, state.step_started_at, now,
+                              baseline, candidate, running.experiment.config)
+            if (decision.state, decision.candidate_share, decision.step_index) == (
+                    state.state, state.candidate_share, state.step_index):
+                continue
+            changed.append(self._apply(running, decision.state, decision.candidate_share,
+                                       decision.step_index, decision.reason, now))
+        return changed
+
+    def set_share(self, name: str, share: float, reason: str) -> ExperimentState:
+        """An operator's weight (``sightline-ab set-weight``); the experiment keeps running."""
+        running = self._running[name]
+        return self._apply(running, State.RUNNING, share, running.state.step_index, reason,
+                           self.clock())
+
+    def end(self, name: str, state: State, reason: str) -> ExperimentState:
+        """Roll back (share 0) or promote (share 1) by hand."""
+        share = 1.0 if state is State.PROMOTABLE else 0.0
+        running = self._running[name]
+        return self._apply(running, state, share, running.state.step_index, reason,
+                           self.clock())
+
+    def _apply(self, running: _Running, state: State, share: float, step: int, reason: str,
+               now: float) -> ExperimentState:
+        old = running.state
+        new = replace(old, state=state, candidate_share=share, step_index=step, reason=reason,
+                      updated_at=now, step_started_at=now if step != old.step_index
+                      else old.step_started_at)
+        with self._lock:
+            running.state = new
+            if step != old.step_index:  # a canary step is judged on its own traffic
+                running.arms = {v: _Arm() for v in Variant}
+        if self.store is not None:
+            self.store.save(new)
+        level = logging.WARNING if state in (State.ROLLED_BACK, State.HALTED_SRM) else logging.INFO
+        log.log(level, "experiment %s: %s, candidate share %.4g (%s)",
+                new.name, state.value, share, reason)
+        return new

@@ -1,0 +1,175 @@
+"""A/B experiments on a real server on loopback: routing, late labels, rollback by itself."""
+
+import json
+import shutil
+import time
+
+import grpc
+import pytest
+import yaml
+
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
+from serving.protos_gen.sightline.experiments.v1 import experiments_pb2 as xpb
+from serving.protos_gen.sightline.experiments.v1 import experiments_pb2_grpc as xpb_grpc
+from serving.repository.publish import deploy
+from tests.serving.conftest import MODEL, image_bytes
+
+GUARDRAILS = {"min_requests": 40, "min_feedback": 40, "max_error_rate_increase": 0.05,
+              "max_latency_p99_ratio": 50.0, "alpha": 0.05}
+
+
+def experiment(**fields) -> dict:
+    return {"name": "gap-next", "model": MODEL, "baseline": {"version": 1},
+            "candidate": {"version": 2}, "mode": "split",
+            "weights": {"baseline": 0.5, "candidate": 0.5}, "guardrails": GUARDRAILS, **fields}
+
+
+def rotated_labels(artifact, tmp_path):
+    """The same model with its card's labels rotated by one: every answer names the wrong
+    class, as a candidate trained on shuffled labels would."""
+    copy = tmp_path / "rotated"
+    shutil.copytree(artifact, copy)
+    card = json.loads((copy / "card.json").read_text())
+    card["labels"] = card["labels"][1:] + card["labels"][:1]
+    (copy / "card.json").write_text(json.dumps(card))
+    return copy
+
+
+@pytest.fixture
+def two_versions(repository, deployable, tmp_path):
+    def make(candidate):
+        deploy(candidate, repository)
+        return repository
+
+    return make
+
+
+def start(start_server, repository, experiments: list[dict]):
+    (repository / "experiments.yaml").write_text(yaml.safe_dump({"experiments": experiments}))
+    return start_server(repository, version_policy="all", decide_seconds=0.05)
+
+
+def classify_all(stub, count):
+    images = [image_bytes(seed) for seed in range(8)]
+    return [stub.Classify(pb.ClassifyRequest(image=images[i % 8], request_id=f"u{i}"),
+                          timeout=10) for i in range(count)]
+
+
+def wait_for(predicate, seconds=10.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_broken_candidate_is_rolled_back_by_itself_and_no_client_sees_an_error(
+        two_versions, deployable, start_server, tmp_path):
+    repository = two_versions(rotated_labels(deployable("gap"), tmp_path))
+    server = start(start_server, repository, [experiment()])
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub, ab = pb_grpc.ImageClassifierStub(channel), xpb_grpc.ExperimentsStub(channel)
+    truth = {seed: stub.Classify(pb.ClassifyRequest(image=image_bytes(seed), model=pb.ModelSpec(
+        name=MODEL, version=1)), timeout=10).classes[0].label for seed in range(8)}
+    responses = classify_all(stub, 400)
+    variants = {r.variant for r in responses}
+    assert variants == {"baseline", "candidate"} and {r.experiment for r in responses} == {
+        "gap-next"}
+    assert all(r.model_version == (2 if r.variant == "candidate" else 1) for r in responses)
+    feedback = [xpb.Feedback(request_id=r.request_id, true_label=truth[i % 8])
+                for i, r in enumerate(responses)]
+    sent = ab.SendFeedback(xpb.SendFeedbackRequest(feedback=feedback), timeout=10)
+    assert sent.accepted == 400, [r.message for r in sent.results if not r.accepted][:3]
+    again = ab.SendFeedback(xpb.SendFeedbackRequest(feedback=feedback[:1]), timeout=10)
+    assert again.accepted == 0 and again.results[0].reason == "duplicate"
+    assert wait_for(lambda: ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments[0].state
+                    == "rolled_back")
+    status = ab.ABStatus(xpb.ABStatusRequest(experiment="gap-next"), timeout=5).experiments[0]
+    assert status.candidate_share == 0 and "candidate worse" in status.reason
+    assert status.baseline.accuracy == 1.0 and status.candidate.accuracy == 0.0
+    after = classify_all(stub, 50)  # everything goes to the baseline now, without an error
+    assert {r.variant for r in after} == {"baseline"}
+    state = json.loads((repository / ".experiments" / "gap-next.json").read_text())
+    assert state["state"] == "rolled_back"
+    channel.close()
+
+
+def test_an_a_a_experiment_never_rolls_back(repository, deployable, start_server):
+    deploy(deployable("gap"), repository)  # version 2: the very same model
+    server = start(start_server, repository, [experiment()])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub, ab = pb_grpc.ImageClassifierStub(channel), xpb_grpc.ExperimentsStub(channel)
+        responses = classify_all(stub, 300)
+        feedback = [xpb.Feedback(request_id=r.request_id, true_label=r.classes[0].label)
+                    for r in responses]
+        assert ab.SendFeedback(xpb.SendFeedbackRequest(feedback=feedback),
+                               timeout=10).accepted == 300
+        time.sleep(0.5)  # ten decisions at least
+        status = ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments[0]
+        assert status.state == "running" and status.candidate_share == 0.5, status.reason
+
+
+def test_a_candidate_that_is_not_served_leaves_the_baseline_answering(repository, start_server):
+    server = start(start_server, repository, [experiment(candidate={"version": 7})])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        responses = classify_all(pb_grpc.ImageClassifierStub(channel), 60)
+        assert {(r.variant, r.model_version) for r in responses} == {("baseline", 1)}
+
+
+def test_forged_and_malformed_ids_are_refused_one_by_one(repository, deployable, start_server):
+    deploy(deployable("gap"), repository)
+    server = start(start_server, repository, [experiment()])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub, ab = pb_grpc.ImageClassifierStub(channel), xpb_grpc.ExperimentsStub(channel)
+        good = classify_all(stub, 1)[0]
+        forged = good.request_id[:-2] + ("AA" if not good.request_id.endswith("AA") else "BB")
+        sent = ab.SendFeedback(xpb.SendFeedbackRequest(feedback=[
+            xpb.Feedback(request_id=good.request_id, true_class=0),
+            xpb.Feedback(request_id=forged, true_class=0),
+            xpb.Feedback(request_id="not an id", true_class=0),
+            xpb.Feedback(request_id=good.request_id, true_class=0)]), timeout=5)
+        assert [r.reason for r in sent.results] == ["", "forged", "malformed", "duplicate"]
+        assert sent.accepted == 1
+
+
+def test_the_decision_survives_a_restart(repository, deployable, start_server):
+    deploy(deployable("gap"), repository)
+    server = start(start_server, repository, [experiment()])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        ab = xpb_grpc.ExperimentsStub(channel)
+        ab.SetWeight(xpb.SetWeightRequest(experiment="gap-next", candidate_share=0.2), timeout=5)
+        ab.Rollback(xpb.EndRequest(experiment="gap-next", reason="by hand"), timeout=5)
+    server.stop(grace=1.0, drain=0)
+    again = start_server(repository, version_policy="all", decide_seconds=0.05)
+    with grpc.insecure_channel(f"127.0.0.1:{again.port}") as channel:
+        status = xpb_grpc.ExperimentsStub(channel).ABStatus(xpb.ABStatusRequest(),
+                                                            timeout=5).experiments[0]
+        assert (status.state, status.candidate_share, status.reason) == (
+            "rolled_back", 0.0, "by hand")
+
+
+def test_the_file_is_reloaded_live_and_a_bad_one_keeps_the_last_good(repository, deployable,
+                                                                      start_server, caplog):
+    deploy(deployable("gap"), repository)
+    server = start(start_server, repository, [experiment()])
+    path = repository / "experiments.yaml"
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        ab = xpb_grpc.ExperimentsStub(channel)
+
+        def names():
+            return [e.name for e in ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments]
+
+        assert names() == ["gap-next"]
+        path.write_text(yaml.safe_dump({"experiments": [experiment(name="gap-other")]}))
+        assert wait_for(lambda: names() == ["gap-other"])
+        path.write_text(yaml.safe_dump({"experiments": [experiment(mode="sideways")]}))
+        assert wait_for(lambda: "rejected; still running gap-other" in caplog.text)
+        assert "experiments[0].mode" in caplog.text
+        assert names() == ["gap-other"]  # the last good file keeps running
+        shadow = experiment(mode="shadow")
+        del shadow["weights"]
+        path.write_text(yaml.safe_dump({"experiments": [shadow]}))
+        assert wait_for(lambda: "mode shadow is not available" in caplog.text)
+        assert names() == []
