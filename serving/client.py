@@ -50,7 +50,7 @@ class SightlineClient:
         request = self.request(image, top_k=top_k, heatmap=heatmap, method=method,
                                target_class=target_class, raw_map=raw_map, model=model,
                                version=version, label=label, request_id=request_id)
-        return self._call(self.stub.Classify, request)
+        return self.call(self.stub.Classify, request)
 
     def classify_stream(self, requests: Iterable[pb.ClassifyRequest]
                         ) -> Iterator[pb.ClassifyResponse]:
@@ -60,7 +60,7 @@ class SightlineClient:
 
     def model_info(self, model: str = "", version: int = 0, label: str = "") -> pb.ModelInfo:
         spec = pb.ModelSpec(name=model, version=version, label=label)
-        return self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest(model=spec))
+        return self.call(self.stub.GetModelInfo, pb.GetModelInfoRequest(model=spec))
 
     @staticmethod
     def request(image: bytes | str | Path, *, top_k: int | None = None, heatmap: bool = False,
@@ -80,7 +80,8 @@ class SightlineClient:
                 request.explain.target_class = target_class
         return request
 
-    def _call(self, method, request):
+    def call(self, method, request):
+        """One call with the deadline, the token and retries of UNAVAILABLE."""
         for attempt in range(self.retries + 1):
             try:
                 return method(request, timeout=self.timeout, metadata=self.metadata)

@@ -202,7 +202,7 @@ def create_server(config: ServerConfig, port: int | None = None,
         limits=DecodeLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels),
         max_decodes=config.decode_slots, router=experiments.router)
     if metrics is not None:
-        metrics.watch(manager)
+        metrics.watch(manager, experiments.router)
 
     tokens = read_tokens(config.auth_token_file) if config.auth_token_file else None
     admission = Admission(

@@ -1,5 +1,5 @@
-"""What Prometheus reads at each scrape: the folded request logs, and the state of every
-served version (which versions, their queues, requests in flight, drift).
+"""What Prometheus reads at each scrape: the folded request logs, the state of every served
+version (which versions, their queues, requests in flight, drift), and the A/B experiments.
 
 State is read when it is scraped, so it is never stale. Drift is exported for every served
 version, from the monitor the version's batch workers feed (``inference.runner``).
@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from serving.card import MODEL_FILE
+from serving.routing.decide import State
+from serving.routing.stats import msprt_p_value
 
-__all__ = ["DeferredCollector", "StateCollector"]
+__all__ = ["DeferredCollector", "ExperimentsCollector", "StateCollector"]
 
 
 class DeferredCollector(Collector):
@@ -81,3 +83,47 @@ class StateCollector(Collector):
                     window.add_metric(labels, snapshot["window_size"])
         in_flight.add_metric([], holding)
         yield from (info, loaded, in_flight, depth, capacity, psi, ks, window)
+
+
+class ExperimentsCollector(Collector):
+    """The A/B router's counts and decisions (``sightline_ab_*``), read at scrape time.
+
+    Counters are totals since the process started, summed over canary steps, so ``rate()``
+    and sums across replicas work; the sequential p-value is that of the counts the router
+    judges now (the current step's)."""
+
+    def __init__(self, router):
+        self.router = router
+
+    def collect(self):
+        labels = ["experiment", "variant"]
+        families = {name: CounterMetricFamily(f"sightline_ab_{name}", text, labels=labels)
+                    for name, text in (
+                        ("requests", "Requests an experiment routed, by the variant answering."),
+                        ("errors", "Routed requests that failed on the server's side."),
+                        ("feedback", "Late labels counted (SendFeedback)."),
+                        ("correct", "Late labels that matched the variant's prediction."))}
+        share = GaugeMetricFamily("sightline_ab_candidate_share", "The candidate's share of "
+                                  "the experiment's traffic now.", labels=["experiment"])
+        state = GaugeMetricFamily("sightline_ab_state", "1 for the experiment's current state.",
+                                  labels=["experiment", "state"])
+        p_value = GaugeMetricFamily("sightline_ab_sequential_p_value", "Always-valid (mSPRT) "
+                                    "p-value of the accuracy difference.",
+                                    labels=["experiment"])
+        decisions = CounterMetricFamily("sightline_ab_decisions_total", "Decisions that "
+                                        "changed an experiment, by the state they set.",
+                                        labels=["experiment", "state"])
+        for (name, variant), totals in sorted(self.router.totals().items()):
+            for field, family in families.items():
+                family.add_metric([name, variant.value], getattr(totals, field))
+        decided = dict(self.router.decisions)
+        for name in sorted(self.router.experiments()):
+            current = self.router.state(name)
+            share.add_metric([name], current.candidate_share)
+            for each in State:
+                state.add_metric([name, each.value], float(each is current.state))
+                decisions.add_metric([name, each.value], decided.get((name, each.value), 0))
+            baseline, candidate = self.router.counts(name)
+            p_value.add_metric([name], msprt_p_value(baseline.correct, baseline.feedback,
+                                                     candidate.correct, candidate.feedback))
+        yield from (*families.values(), share, state, p_value, decisions)

@@ -20,7 +20,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from serving.image.decode import REASONS as DECODE_REASONS
-from serving.observe.collectors import DeferredCollector, StateCollector
+from serving.observe.collectors import DeferredCollector, ExperimentsCollector, StateCollector
 from serving.observe.deferred import DeferredCounter, DeferredHistogram
 
 __all__ = ["ServingMetrics", "SLO_SECONDS"]
@@ -238,7 +238,9 @@ class ServingMetrics:
         elif event == "unloaded":
             self.unloads.labels(name).inc()
 
-    def watch(self, manager) -> None:
-        """Report the served versions, their queues and drift at every scrape."""
+    def watch(self, manager, router=None) -> None:
+        """Report the served versions, their queues, drift and experiments at every scrape."""
         self.registry.register(DeferredCollector(self.deferred, self.fold))
         self.registry.register(StateCollector(manager, self.known_models))
+        if router is not None:
+            self.registry.register(ExperimentsCollector(router))

@@ -41,7 +41,7 @@ from serving.routing.feedback import FeedbackKeys, FeedbackRejected, RecentLabel
 from serving.routing.feedback import verify as verify_id
 from serving.routing.state import ExperimentState, StateStore
 
-__all__ = ["Route", "Router"]
+__all__ = ["Route", "Router", "Totals"]
 
 log = logging.getLogger("sightline.routing")
 LATENCY_SAMPLES = 4096  # per variant: the p99 of the last this-many requests
@@ -75,6 +75,17 @@ class _Arm:
 
 
 @dataclass
+class Totals:
+    """One variant's counts since the process started, never reset (for metrics: counters
+    must only grow, while a canary step is judged on its own traffic)."""
+
+    requests: int = 0
+    errors: int = 0
+    feedback: int = 0
+    correct: int = 0
+
+
+@dataclass
 class _Running:
     experiment: Experiment
     state: ExperimentState
@@ -90,6 +101,8 @@ class Router:
         self._recent = RecentLabels(recent_labels, LABEL_MAX_AGE_SECONDS)
         self._running: dict[str, _Running] = {}
         self._by_model: dict[str, str] = {}  # model name -> experiment name
+        self._totals: dict[tuple[str, Variant], Totals] = collections.defaultdict(Totals)
+        self.decisions: collections.Counter = collections.Counter()  # (name, state) -> count
         self._lock = threading.Lock()
 
     # -- the experiments ------------------------------------------------------------------
@@ -150,6 +163,9 @@ class Router:
                 arm.errors += not ok
                 if ok:
                     arm.latencies.append(seconds)
+                total = self._totals[route.experiment.name, route.variant]
+                total.requests += 1
+                total.errors += not ok
         if not ok or predicted_class is None:
             return None
         served = Served(route.experiment.name, route.variant.value, predicted_class,
@@ -175,11 +191,19 @@ class Router:
                                        f"{served.experiment!r} runs here now")
             if not self._recent.first_time(request_id, self.clock()):
                 raise FeedbackRejected("duplicate", "this request's label was already counted")
-            arm = running.arms[Variant(served.variant)]
-            arm.feedback += 1
-            arm.correct += served.predicted_class == true_class
+            variant = Variant(served.variant)
+            right = served.predicted_class == true_class
+            for counts in (running.arms[variant], self._totals[served.experiment, variant]):
+                counts.feedback += 1
+                counts.correct += right
 
     # -- decisions --------------------------------------------------------------------------
+
+    def totals(self) -> dict[tuple[str, Variant], Totals]:
+        """(experiment, variant) -> counts since start, for the running experiments."""
+        with self._lock:
+            return {key: replace(t) for key, t in self._totals.items()
+                    if key[0] in self._running}
 
     def counts(self, name: str) -> tuple[VariantCounts, VariantCounts]:
         with self._lock:
@@ -225,6 +249,7 @@ class Router:
             running.state = new
             if step != old.step_index:  # a canary step is judged on its own traffic
                 running.arms = {v: _Arm() for v in Variant}
+            self.decisions[new.name, state.value] += 1
         if self.store is not None:
             self.store.save(new)
         level = logging.WARNING if state in (State.ROLLED_BACK, State.HALTED_SRM) else logging.INFO

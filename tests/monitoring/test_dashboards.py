@@ -265,7 +265,19 @@ def _fake_exporter(stop: threading.Event):
         "ks": Gauge("sightline_drift_ks", "", [*per_version, "signal"], registry=r),
         "window": Gauge("sightline_drift_window_size", "", per_version, registry=r),
         "threshold": Gauge("sightline_drift_threshold", "", ["level"], registry=r),
+        **{name: Counter(f"sightline_ab_{name}_total", "", ["experiment", "variant"], registry=r)
+           for name in ("requests", "errors", "feedback", "correct")},
+        "ab_share": Gauge("sightline_ab_candidate_share", "", ["experiment"], registry=r),
+        "ab_state": Gauge("sightline_ab_state", "", ["experiment", "state"], registry=r),
+        "ab_p": Gauge("sightline_ab_sequential_p_value", "", ["experiment"], registry=r),
+        "ab_decisions": Counter("sightline_ab_decisions_total", "", ["experiment", "state"],
+                                registry=r),
     }
+    m["ab_share"].labels("shapes-next").set(0.25)
+    m["ab_p"].labels("shapes-next").set(0.4)
+    for state in ("running", "promotable", "rolled_back", "halted_srm"):
+        m["ab_state"].labels("shapes-next", state).set(state == "running")
+        m["ab_decisions"].labels("shapes-next", state)
     models = {"shapes": ["circle", "square", "triangle"], "cifar10": ["cat", "dog", "ship"]}
     for model in models:
         m["info"].labels(model, "3", "ab12" * 16, "int8").set(1)
@@ -304,6 +316,11 @@ def _fake_exporter(stop: threading.Event):
             m["pixels"].labels(model, "3").observe(rng.uniform(1e3, 1e6))
             m["loads"].labels(model, rng.choice(("success", "failure"))).inc(rng.random() < 0.1)
             m["unloads"].labels(model).inc(rng.random() < 0.05)
+        for variant in ("baseline", "candidate"):
+            m["requests"].labels("shapes-next", variant).inc(4)
+            m["errors"].labels("shapes-next", variant).inc(rng.random() < 0.05)
+            m["feedback"].labels("shapes-next", variant).inc(2)
+            m["correct"].labels("shapes-next", variant).inc(rng.choice((1, 2)))
         m["in_flight"].set(rng.randint(0, 5))
         m["rejected"].labels(rng.choice(("queue_full", "deadline"))).inc()
         m["decode"].labels(rng.choice(("corrupt", "too_large"))).inc()

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 SERVING = ROOT / "serving"
 TRANSPORT_OR_METRICS = ("grpc", "grpc_health", "grpc_reflection", "prometheus_client")
 # Only these may import a transport or a metrics library: the data plane stays testable alone.
-MAY_IMPORT_THEM = ("api/", "observe/", "client.py", "protos_gen/", "__main__.py")
+MAY_IMPORT_THEM = ("api/", "observe/", "client.py", "ab.py", "protos_gen/", "__main__.py")
 ROOMS = ("api", "inference", "batching", "runtime", "image", "cam", "repository", "routing",
          "observe")
 DATA_PLANE = ("serving.inference.dataplane", "serving.inference.attachments",

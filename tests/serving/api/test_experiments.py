@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 
 import grpc
@@ -13,7 +15,8 @@ from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2 as xpb
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2_grpc as xpb_grpc
 from serving.repository.publish import deploy
-from tests.serving.conftest import MODEL, image_bytes
+from tests.conftest import ROOT
+from tests.serving.conftest import MODEL, image_bytes, samples, scrape, value
 
 GUARDRAILS = {"min_requests": 40, "min_feedback": 40, "max_error_rate_increase": 0.05,
               "max_latency_p99_ratio": 50.0, "alpha": 0.05}
@@ -93,6 +96,19 @@ def test_a_broken_candidate_is_rolled_back_by_itself_and_no_client_sees_an_error
     assert {r.variant for r in after} == {"baseline"}
     state = json.loads((repository / ".experiments" / "gap-next.json").read_text())
     assert state["state"] == "rolled_back"
+    found = samples(scrape(server))
+    ab = {"experiment": "gap-next"}
+    assert value(found, "sightline_ab_state", state="rolled_back", **ab) == 1
+    assert value(found, "sightline_ab_state", state="running", **ab) == 0
+    assert value(found, "sightline_ab_decisions_total", state="rolled_back", **ab) == 1
+    assert value(found, "sightline_ab_candidate_share", **ab) == 0
+    routed = {v: value(found, "sightline_ab_requests_total", variant=v, **ab)
+              for v in ("baseline", "candidate")}
+    assert sum(routed.values()) == 450 and routed["candidate"] == sum(
+        r.variant == "candidate" for r in responses)
+    assert value(found, "sightline_ab_feedback_total", variant="baseline", **ab) == value(
+        found, "sightline_ab_correct_total", variant="baseline", **ab) > 0
+    assert value(found, "sightline_ab_correct_total", variant="candidate", **ab) == 0
     channel.close()
 
 
@@ -173,3 +189,28 @@ def test_the_file_is_reloaded_live_and_a_bad_one_keeps_the_last_good(repository,
         path.write_text(yaml.safe_dump({"experiments": [shadow]}))
         assert wait_for(lambda: "mode shadow is not available" in caplog.text)
         assert names() == []
+
+
+def test_the_sightline_ab_command(repository, deployable, start_server):
+    deploy(deployable("gap"), repository)
+    server = start(start_server, repository, [experiment()])
+    target = ["--target", f"127.0.0.1:{server.port}"]
+
+    def ab(*args):
+        done = subprocess.run([sys.executable, "-m", "serving.ab", *target, *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stdout + done.stderr
+
+    code, out = ab("status")
+    assert code == 0 and "gap-next (split on gap): running, candidate share 0.5" in out, out
+    assert "baseline  v1" in out and "candidate v2" in out
+    code, out = ab("set-weight", "gap-next", "0.1", "--reason", "smaller first")
+    assert code == 0 and "candidate share 0.1" in out and "reason: smaller first" in out, out
+    code, out = ab("set-weight", "gap-next", "1.5")
+    assert code == 1 and "INVALID_ARGUMENT: candidate_share must be between 0 and 1" in out
+    code, out = ab("rollback", "nope")
+    assert code == 1 and "NOT_FOUND: no experiment 'nope'; running: gap-next" in out, out
+    code, out = ab("promote", "gap-next")  # the baseline is a version: nothing to move
+    assert code == 1 and "promotion moves a label" in out, out
+    code, out = ab("rollback", "gap-next")
+    assert code == 0 and "rolled_back, candidate share 0" in out, out
