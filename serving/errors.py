@@ -12,6 +12,7 @@ __all__ = [
     "Cancelled",
     "DeadlineExceeded",
     "ModelUnavailable",
+    "FailedPrecondition",
     "Overloaded",
     "ServingError",
     "UnknownModel",
@@ -68,3 +69,8 @@ class ModelUnavailable(ServingError):
 
 class Unauthenticated(ServingError):
     """A missing or wrong bearer token."""
+
+
+class FailedPrecondition(ServingError):
+    """The request is well formed, but the state it needs is not there (an ended experiment,
+    a baseline that is not a label)."""

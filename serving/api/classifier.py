@@ -256,6 +256,7 @@ def _response(result: Result, top_k: int) -> pb.ClassifyResponse:
                  for i, label, score in result.top(top_k)],
         model_name=result.model_name, model_version=result.model_version,
         request_id=result.request_id, experiment=result.experiment, variant=result.variant,
+        feedback_id=result.feedback_id,
         timing=pb.Timing(decode_seconds=t.decode_seconds, queue_seconds=t.queue_seconds,
                          inference_seconds=t.inference_seconds,
                          explain_seconds=t.explain_seconds, total_seconds=t.total_seconds))

@@ -8,19 +8,18 @@ the accuracy interval, the always-valid p-value and the SRM p-value.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
-import grpc
-
 from serving.api.status import answer_errors
-from serving.errors import BadRequest, UnknownModel, shown
+from serving.errors import BadRequest, FailedPrecondition, UnknownModel, shown
 from serving.inference.dataplane import Inference
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2 as pb
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2_grpc as pb_grpc
 from serving.routing.assignment import Variant
 from serving.routing.decide import State
 from serving.routing.feedback import FeedbackRejected
-from serving.routing.router import Router
+from serving.routing.router import ExperimentEnded, Router
 from serving.routing.stats import msprt_p_value, sample_ratio_p_value, wilson_interval
 
 __all__ = ["ExperimentsService", "MAX_FEEDBACK", "SERVICE_NAME"]
@@ -45,10 +44,10 @@ class ExperimentsService(pb_grpc.ExperimentsServicer):
                                        accepted=sum(r.accepted for r in results))
 
     def _one(self, item) -> pb.FeedbackResult:
-        result = pb.FeedbackResult(request_id=item.request_id[:128])
+        result = pb.FeedbackResult(feedback_id=item.feedback_id[:128])
         try:
-            served = self.router.verify(item.request_id)
-            self.router.label(served, item.request_id, self._true_class(item, served))
+            served = self.router.verify(item.feedback_id)
+            self.router.label(served, item.feedback_id, self._true_class(item, served))
         except FeedbackRejected as exc:
             result.reason, result.message = exc.reason, str(exc)
             return result
@@ -80,8 +79,9 @@ class ExperimentsService(pb_grpc.ExperimentsServicer):
             try:
                 return labels.index(item.true_label)
             except ValueError:
-                raise BadRequest("bad_label", f"unknown label {shown(item.true_label)}; known: "
-                                              f"{', '.join(labels)}") from None
+                raise BadRequest("bad_label", f"unknown label {shown(item.true_label)}; the "
+                                              f"model has {len(labels)} labels (GetModelInfo "
+                                              "lists them)") from None
         raise BadRequest("bad_label", "give true_class or true_label")
 
     @answer_errors
@@ -97,23 +97,33 @@ class ExperimentsService(pb_grpc.ExperimentsServicer):
         if not (math.isfinite(share) and 0.0 <= share <= 1.0):
             raise BadRequest("bad_share", f"candidate_share must be between 0 and 1; got {share}")
         name = self._known(request.experiment)
-        self.router.set_share(name, share, request.reason or f"set to {share:g} by an operator")
+        reason = _reason(request.reason, f"set to {share:g} by an operator")
+        with _ended_is_a_precondition():
+            self.router.set_share(name, share, reason)
         return self._status(name)
 
     @answer_errors
     def Rollback(self, request, context):
         name = self._known(request.experiment)
-        self.router.end(name, State.ROLLED_BACK, request.reason or "rolled back by an operator")
+        reason = _reason(request.reason, "rolled back by an operator")
+        with _ended_is_a_precondition():
+            self.router.end(name, State.ROLLED_BACK, reason)
         return self._status(name)
 
     @answer_errors
     def Promote(self, request, context):
         name = self._known(request.experiment)
+        reason = _reason(request.reason, "promoted by an operator")
         if self._promote is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this server has no model "
-                          "repository to move a label in (it serves --model-dir)")
+            raise FailedPrecondition("no_repository", "this server serves one --model-dir: "
+                                     "there is no repository label to move")
+        state = self.router.state(name).state
+        if state.terminal and state is not State.PROMOTABLE:
+            raise FailedPrecondition("ended", f"experiment {name} has ended ({state.value}); "
+                                              "a candidate it stopped cannot be promoted")
         self._promote(self.router.experiments()[name])
-        self.router.end(name, State.PROMOTABLE, request.reason or "promoted by an operator")
+        with _ended_is_a_precondition():
+            self.router.end(name, State.PROMOTABLE, reason)
         return self._status(name)
 
     def _known(self, name: str) -> str:
@@ -125,11 +135,12 @@ class ExperimentsService(pb_grpc.ExperimentsServicer):
 
     def _status(self, name: str) -> pb.ExperimentStatus:
         experiment, state = self.router.experiments()[name], self.router.state(name)
+        reason = self.router.reason(name)
         baseline, candidate = self.router.counts(name)
         share = state.candidate_share
         return pb.ExperimentStatus(
             name=name, model=experiment.model, mode=str(experiment.config.mode.value),
-            state=state.state.value, reason=state.reason, candidate_share=share,
+            state=state.state.value, reason=reason, candidate_share=share,
             step=state.step_index,
             baseline=_variant(Variant.BASELINE, experiment.baseline, baseline),
             candidate=_variant(Variant.CANDIDATE, experiment.candidate, candidate),
@@ -138,6 +149,26 @@ class ExperimentsService(pb_grpc.ExperimentsServicer):
             srm_p_value=sample_ratio_p_value([baseline.requests, candidate.requests],
                                              [1 - share, share])
             if 0 < share < 1 and baseline.requests + candidate.requests else 1.0)
+
+
+MAX_REASON_CHARS = 256
+
+
+def _reason(given: str, default: str) -> str:
+    """An operator's reason: logged and stored, so one short printable line."""
+    if len(given) > MAX_REASON_CHARS or not given.isprintable():
+        raise BadRequest("bad_reason", f"reason must be one printable line of at most "
+                                       f"{MAX_REASON_CHARS} characters; got {len(given):,} "
+                                       "characters")
+    return given or default
+
+
+@contextlib.contextmanager
+def _ended_is_a_precondition():
+    try:
+        yield
+    except ExperimentEnded as exc:
+        raise FailedPrecondition("ended", str(exc)) from None
 
 
 def _variant(variant: Variant, spec, counts) -> pb.VariantStatus:

@@ -8,7 +8,10 @@ name, and optionally ``target_class``) also ``heatmap`` FP32 [N, H, W] in [0, 1]
 ``probabilities`` with the parameter ``classification: k`` returns Triton's classification
 extension instead: BYTES [N, k] of ``"score:index:label"``. The request parameter
 ``model_label`` names a version label (labels.json) instead of ``model_version``. The response's
-``id`` is the request's, or the one the data plane made when it had none.
+``id`` is the request's, or the one the data plane made when it had none. A request an A/B
+experiment routed also gets the parameters ``experiment``, ``variant`` and ``feedback_id`` (the
+signed id for its first image's late label) and the headers ``sightline-experiment`` and
+``sightline-variant``; it counts as one request, whatever its image count.
 
 Every field is checked strictly, and the shape against the bytes the request holds, before any
 per-image work: docs/limits.md has the table, tests/serving/api/test_oip_bad_input.py its cases.
@@ -96,19 +99,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     pending.append(self.inference.submit(
                         request_id=rid, name=request.model_name, version=version,
                         label=label, deadline=deadline, explain=explain,
-                        metadata=metadata, **item))
+                        metadata=metadata, count=index == 0, **item))
                 except BadRequest as exc:
                     raise BadRequest(exc.reason, f"input {index}: {exc}") from None
         finally:
             results = [self._finish(p) for p in pending]
         if any(isinstance(r, ServingError) for r in results):
             raise next(r for r in results if isinstance(r, ServingError))
-        answered = results[0]  # the images of one request share their variant
-        response = pb.ModelInferResponse(model_name=answered.model_name, id=answered.request_id,
+        answered = results[0]  # one id, so one variant, for all the request's images
+        response = pb.ModelInferResponse(model_name=answered.model_name, id=rid,
                                          model_version=str(answered.model_version))
-        if answered.variant:
+        if answered.variant:  # counted once, as one request, by its first image
             response.parameters["experiment"].string_param = answered.experiment
             response.parameters["variant"].string_param = answered.variant
+            response.parameters["feedback_id"].string_param = answered.feedback_id
             context.send_initial_metadata((("sightline-experiment", answered.experiment),
                                            ("sightline-variant", answered.variant)))
         if "probabilities" in wanted:

@@ -35,7 +35,7 @@ from serving.api import oip
 from serving.api.admission import Admission, AdmittedExecutor
 from serving.api.auth import BearerTokenInterceptor, read_tokens
 from serving.config import ConfigError, ServerConfig, load_config
-from serving.errors import BadRequest, UnknownModel
+from serving.errors import FailedPrecondition
 from serving.image.decode import DecodeLimits
 from serving.inference.attachments import AttachingLoader
 from serving.inference.dataplane import Inference
@@ -47,7 +47,7 @@ from serving.observe.metrics_http import MetricsServer
 from serving.repository.loader import LoadError
 from serving.repository.manager import ModelManager
 from serving.repository.policy import parse_policy
-from serving.repository.publish import set_label
+from serving.repository.publish import DeployError, set_label
 from serving.repository.source import DirectorySource
 from serving.routing.live import LiveExperiments
 from serving.runtime.interpreter import TFLiteModel
@@ -247,16 +247,20 @@ def _promote(manager: ModelManager, config: ServerConfig, experiment) -> None:
     """Make the candidate the baseline: point the baseline's label at the candidate's version
     (labels.json, replaced atomically; the next poll serves it)."""
     if experiment.baseline.label is None:
-        raise BadRequest("not_labelled", f"experiment {experiment.name}'s baseline is a fixed "
-                                         "version; promotion moves a label, so give the "
-                                         "baseline as a label")
+        raise FailedPrecondition("not_labelled", f"experiment {experiment.name}'s baseline is "
+                                 "a fixed version; promotion moves a label, so give the "
+                                 "baseline as a label")
     version = experiment.candidate.version or manager.labels().get(
         experiment.model, {}).get(experiment.candidate.label)
-    if version is None:
-        raise UnknownModel("unknown_model", f"the candidate ({experiment.candidate}) is not "
-                                            "served, so there is no version to promote")
-    set_label(Path(config.model_repository) / experiment.model, experiment.baseline.label,
-              version)
+    if version is None or version not in manager.models().get(experiment.model, []):
+        raise FailedPrecondition("not_served", f"the candidate ({experiment.candidate}) is "
+                                 "not served, so pointing the baseline's label at it would "
+                                 "leave the label dangling")
+    try:
+        set_label(Path(config.model_repository) / experiment.model, experiment.baseline.label,
+                  version)
+    except DeployError as exc:
+        raise FailedPrecondition("labels", str(exc)) from None
 
 
 def _policy(config: ServerConfig):

@@ -16,6 +16,7 @@ from serving.errors import (
     BadRequest,
     Cancelled,
     DeadlineExceeded,
+    FailedPrecondition,
     ModelUnavailable,
     Overloaded,
     ServingError,
@@ -33,6 +34,7 @@ STATUS: dict[type[ServingError], grpc.StatusCode] = {
     Cancelled: grpc.StatusCode.CANCELLED,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

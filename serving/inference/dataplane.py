@@ -104,21 +104,26 @@ class Inference:
                tensor: tuple[bytes, list[int], str] | None = None, top_k: int | None = None,
                explain: Explain | None = None, deadline: float | None = None,
                on_cancel: Callable[[Callable[[], None]], None] | None = None,
-               metadata: Mapping[str, str] | None = None) -> Pending:
+               metadata: Mapping[str, str] | None = None, count: bool = True) -> Pending:
         """Check, decode and queue a request; ``finish`` waits for it. ``deadline`` is
         time.monotonic() seconds; ``on_cancel(callback)`` registers what to call if the client
-        goes away; ``metadata`` holds the call's headers, where an experiment's sticky key is.
-        Streams submit many before finishing any, so batches fill."""
+        goes away; ``metadata`` holds the call's headers, where an experiment's sticky key is;
+        ``count`` False routes the request without counting it (an OIP request's images after
+        its first: one request, one count). Streams submit many before finishing any, so
+        batches fill."""
         started = time.perf_counter()
         servable = route = None
         try:
             rid = request_id_for(request_id)
             if self.router is not None and version is None and label is None:
                 route = self._route(name, rid, metadata)
-            if route is None:
-                servable = self._lookup(self.manager.acquire, name, version, label)
+            if route is not None:
+                servable = self._acquire_variant(route)
+                if servable is None:  # the candidate is not loaded: the baseline answers
+                    route = self.router.fall_back(route)
+                    servable = self._acquire_variant(route)
             else:
-                servable, route = self._acquire_routed(route)
+                servable = self._lookup(self.manager.acquire, name, version, label)
             card = servable.card
             top_k = self._top_k(top_k, card.num_classes)
             if explain is not None:
@@ -132,21 +137,23 @@ class Inference:
                 servable.release()
             if isinstance(exc, ServingError):
                 self.observer.rejected_request(exc.reason, type(exc).__name__)
-            self._count_failure(route, exc, started)
+            self._count_failure(route if count else None, exc, started)
             raise
         if on_cancel is not None:
             on_cancel(future.cancel)
         return Pending(rid, servable, pixels, explain, top_k, deadline, future,
                        Timing(decode_seconds=decoded - started), started,
-                       None if image is None else len(image), input_pixels, route)
+                       None if image is None else len(image), input_pixels,
+                       route if count else None)
 
     def finish(self, pending: Pending) -> tuple[Result, int]:
         """Wait for a submitted request (up to its deadline), render its heatmap, release the
         servable. -> (result, how many classes to answer)."""
         try:
             result = self._finish(pending)
-        except ServingError as exc:
-            self.observer.rejected_request(exc.reason, type(exc).__name__)
+        except BaseException as exc:
+            if isinstance(exc, ServingError):
+                self.observer.rejected_request(exc.reason, type(exc).__name__)
             self._count_failure(pending.route, exc, pending.started)
             raise
         finally:
@@ -192,30 +199,29 @@ class Inference:
             key = metadata.get(experiment.sticky_key) or request_id
         return self.router.route(model, key)
 
-    def _acquire_routed(self, route: Route) -> tuple[Servable, Route]:
-        """The routed variant's servable; the baseline when the candidate is not loaded (it
-        was unloaded, or failed to load): the client never sees the experiment's trouble."""
-        model = route.experiment.model
+    def _acquire_variant(self, route: Route) -> Servable | None:
+        """The routed variant's servable; None for a candidate that is not loaded (it was
+        unloaded, or failed to load), so that the client never sees the experiment's trouble."""
+        spec = route.spec
         try:
-            spec = route.spec
-            return self._lookup(self.manager.acquire, model, spec.version, spec.label), route
+            return self._lookup(self.manager.acquire, route.experiment.model, spec.version,
+                                spec.label)
         except UnknownModel:
             if route.variant is Variant.BASELINE:
                 raise
-        route = self.router.fall_back(route)
-        spec = route.spec
-        return self._lookup(self.manager.acquire, model, spec.version, spec.label), route
+            return None
 
     def _count_routed(self, route: Route, result: Result) -> None:
-        signed = self.router.finished(route, True, result.timing.total_seconds,
-                                      result.top_class)
-        result.client_request_id, result.request_id = result.request_id, signed
+        result.feedback_id = self.router.finished(route, True, result.timing.total_seconds,
+                                                  result.top_class)
         result.experiment, result.variant = route.experiment.name, route.variant.value
 
     def _count_failure(self, route: Route | None, exc: BaseException, started: float) -> None:
-        """A routed request that failed on the server's side counts against its variant; a
-        bad request or a client that left says nothing about the model."""
-        if route is not None and not isinstance(exc, (BadRequest, Cancelled)):
+        """A routed request that failed inside the server (a bug, a broken model) counts
+        against its variant. An expected refusal does not: a bad request, a deadline the client
+        chose, a full queue or an unloading version says nothing about the model, and counting
+        them would let one client roll any candidate back with short deadlines."""
+        if route is not None and not isinstance(exc, ServingError):
             self.router.finished(route, False, time.perf_counter() - started, None)
 
     def servable(self, name: str = "", version: int | None = None,

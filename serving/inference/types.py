@@ -84,8 +84,8 @@ class Result:
     heatmap: Heatmap | None = None
     timing: Timing = field(default_factory=Timing)
     experiment: str = ""  # set when an A/B experiment routed the request...
-    variant: str = ""  # ...with the variant that answered; request_id is then signed
-    client_request_id: str = ""  # the id the client sent, when request_id was signed
+    variant: str = ""  # ...with the variant that answered...
+    feedback_id: str = ""  # ...and the signed id its late label is sent with
 
     @property
     def top_class(self) -> int:

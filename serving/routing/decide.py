@@ -16,12 +16,14 @@ fraction of live traffic the candidate answers: always 0 in shadow mode and once
 
 What it guarantees, in this order of precedence:
 1. A terminal state (rolled back, halted, promotable) is returned unchanged.
-2. No verdict before each arm has ``min_requests`` requests: low traffic never aborts.
-3. Halt (share 0) on a sample-ratio mismatch: with a broken split no comparison is trusted.
+2. Halt (share 0) on a sample-ratio mismatch once both arms together have ``min_requests``
+   requests: with a broken split no comparison is trusted, and an arm that gets nothing halts.
+3. No other verdict before each arm has ``min_requests`` requests: low traffic never aborts.
 4. Roll back (share 0) when the candidate's error rate exceeds the baseline's by more than
    ``max_error_rate_increase``, its latency p99 exceeds ``max_latency_p99_ratio`` times the
-   baseline's, or, once each arm has ``min_feedback`` labelled outcomes, the always-valid
-   sequential test finds its accuracy worse at ``alpha``.
+   baseline's while its latencies are significantly slower (Mann-Whitney at ``alpha``), or,
+   once each arm has ``min_feedback`` labelled outcomes, the always-valid sequential test finds
+   its accuracy worse at ``alpha``.
 5. A favourable verdict needs every guardrail measured (feedback and p99 present): split and
    shadow become promotable when the candidate is better at ``alpha``; a canary advances only
    once the step has ``min_samples`` requests per arm and ``min_seconds`` elapsed, and is
@@ -73,6 +75,9 @@ class VariantCounts:
     correct: int  # of those, how many the arm classified correctly
     errors: int  # requests that failed (counted in ``requests``)
     latency_p99_seconds: float
+    # One-sided Mann-Whitney p that this arm's latencies exceed the baseline's (the caller
+    # computes it from samples, ``stats.compare_latency``); 1.0: no evidence.
+    slower_p_value: float = 1.0
 
     def __post_init__(self) -> None:
         if min(self.requests, self.feedback, self.correct, self.errors) < 0:
@@ -191,18 +196,23 @@ def decide(state: State, step_index: int, step_started_at: float, now: float,
         return verdict(state, f"{state.value} is terminal: the experiment has ended",
                        new_share=held)
 
+    # The split is judged on the total, so an arm that gets nothing (a candidate that never
+    # loads) halts the experiment instead of waiting for it forever.
+    total = baseline.requests + candidate.requests
+    expected = config.expected_split(step_index)
+    if total >= guard.min_requests and expected[1] > 0:
+        srm_p = sample_ratio_p_value([baseline.requests, candidate.requests], expected)
+        if srm_detected(srm_p, config.srm_threshold):
+            return verdict(State.HALTED_SRM, f"sample ratio mismatch: baseline "
+                           f"{baseline.requests} vs candidate {candidate.requests} requests "
+                           f"where the candidate should have "
+                           f"{_share_text(expected[1] / sum(expected))}, chi-square "
+                           f"p={srm_p:.3g} < {config.srm_threshold:g}", new_share=0.0)
+
     fewest = min(baseline.requests, candidate.requests)
     if fewest < guard.min_requests:
         return verdict(State.RUNNING, f"waiting: {fewest} requests on the smaller arm < "
                                       f"min_requests {guard.min_requests}")
-
-    expected = config.expected_split(step_index)
-    srm_p = sample_ratio_p_value([baseline.requests, candidate.requests], expected)
-    if srm_detected(srm_p, config.srm_threshold):
-        return verdict(State.HALTED_SRM, f"sample ratio mismatch: baseline {baseline.requests} "
-                       f"vs candidate {candidate.requests} requests where the candidate should "
-                       f"have {_share_text(expected[1] / sum(expected))}, chi-square "
-                       f"p={srm_p:.3g} < {config.srm_threshold:g}", new_share=0.0)
 
     error_increase = candidate.error_rate - baseline.error_rate
     if error_increase > guard.max_error_rate_increase:
@@ -211,12 +221,15 @@ def decide(state: State, step_index: int, step_started_at: float, now: float,
                        f"max_error_rate_increase {guard.max_error_rate_increase:g}",
                        new_share=0.0)
 
+    # A p99 from a few hundred samples is noisy (one GC pause moves it), so a high ratio rolls
+    # back only when the candidate's latencies are also significantly slower as a whole.
     latency_ratio = candidate.latency_p99_seconds / baseline.latency_p99_seconds
-    if latency_ratio > guard.max_latency_p99_ratio:
+    if latency_ratio > guard.max_latency_p99_ratio and candidate.slower_p_value <= guard.alpha:
         return verdict(State.ROLLED_BACK, f"latency p99 {candidate.latency_p99_seconds:.4g} s "
                        f"vs baseline {baseline.latency_p99_seconds:.4g} s: ratio "
                        f"{latency_ratio:.3f} > max_latency_p99_ratio "
-                       f"{guard.max_latency_p99_ratio:g}", new_share=0.0)
+                       f"{guard.max_latency_p99_ratio:g}, and slower overall (Mann-Whitney "
+                       f"p={candidate.slower_p_value:.3g})", new_share=0.0)
 
     fewest_feedback = min(baseline.feedback, candidate.feedback)
     if fewest_feedback < guard.min_feedback:

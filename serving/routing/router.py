@@ -40,12 +40,17 @@ from serving.routing.experiment import Experiment, VariantSpec
 from serving.routing.feedback import FeedbackKeys, FeedbackRejected, RecentLabels, Served, sign
 from serving.routing.feedback import verify as verify_id
 from serving.routing.state import ExperimentState, StateStore
+from serving.routing.stats import slower_p_value
 
-__all__ = ["Route", "Router", "Totals"]
+__all__ = ["ExperimentEnded", "Route", "Router", "Totals"]
 
 log = logging.getLogger("sightline.routing")
 LATENCY_SAMPLES = 4096  # per variant: the p99 of the last this-many requests
 LABEL_MAX_AGE_SECONDS = 7 * 24 * 3600  # a label later than this is refused as expired
+
+
+class ExperimentEnded(Exception):
+    """An operator action on an experiment that has ended (rolled back, halted)."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,12 @@ class _Arm:
     latencies: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES))
 
-    def counts(self) -> VariantCounts:
+    def counts(self, baseline: _Arm | None = None) -> VariantCounts:
+        """The arm's counts; against ``baseline``'s latencies, how likely it is slower."""
         p99 = float(np.percentile(self.latencies, 99)) if self.latencies else float("nan")
+        slower = 1.0 if baseline is None else slower_p_value(baseline.latencies, self.latencies)
         return VariantCounts(self.requests, self.feedback, self.correct, self.errors,
-                             p99 if p99 > 0 else float("nan"))
+                             p99 if p99 > 0 else float("nan"), slower)
 
 
 @dataclass
@@ -90,6 +97,7 @@ class _Running:
     experiment: Experiment
     state: ExperimentState
     arms: dict[Variant, _Arm] = field(default_factory=lambda: {v: _Arm() for v in Variant})
+    last_reason: str = ""  # the latest decision's reason, also when it changed nothing
 
 
 class Router:
@@ -103,7 +111,8 @@ class Router:
         self._by_model: dict[str, str] = {}  # model name -> experiment name
         self._totals: dict[tuple[str, Variant], Totals] = collections.defaultdict(Totals)
         self.decisions: collections.Counter = collections.Counter()  # (name, state) -> count
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # counters
+        self._deciding = threading.RLock()  # decisions and operator actions, one at a time
 
     # -- the experiments ------------------------------------------------------------------
 
@@ -208,50 +217,95 @@ class Router:
     def counts(self, name: str) -> tuple[VariantCounts, VariantCounts]:
         with self._lock:
             arms = self._running[name].arms
-            return arms[Variant.BASELINE].counts(), arms[Variant.CANDIDATE].counts()
+            baseline, candidate = arms[Variant.BASELINE], arms[Variant.CANDIDATE]
+            return baseline.counts(), candidate.counts(baseline)
+
+    def reason(self, name: str) -> str:
+        """Why the experiment is where it is now: the last decision's words, changed or not."""
+        running = self._running[name]
+        return running.last_reason or running.state.reason
 
     def step(self, now: float | None = None) -> list[ExperimentState]:
-        """Decide every experiment on its counts; -> the states that changed (persisted)."""
+        """Decide every running experiment on its counts; -> the states that changed
+        (persisted). A terminal state stays as it is; an operator's share holds while the
+        verdict is to keep running."""
         now = self.clock() if now is None else now
         changed = []
-        for name, running in list(self._running.items()):
-            state = running.state
-            baseline, candidate = self.counts(name)
-            decision = decide(state.state, state.step_index, state.step_started_at, now,
-                              baseline, candidate, running.experiment.config)
-            if (decision.state, decision.candidate_share, decision.step_index) == (
-                    state.state, state.candidate_share, state.step_index):
+        for name in list(self._running):
+            try:
+                with self._deciding:  # an operator's action lands before or after, not inside
+                    new = self._step(name, now)
+            except Exception:  # one broken experiment must not stop the others' decisions
+                log.exception("deciding experiment %s failed", name)
                 continue
-            changed.append(self._apply(running, decision.state, decision.candidate_share,
-                                       decision.step_index, decision.reason, now))
+            if new is not None:
+                changed.append(new)
         return changed
 
+    def _step(self, name: str, now: float) -> ExperimentState | None:
+        running = self._running.get(name)
+        if running is None or running.state.state.terminal:
+            return None
+        state = running.state
+        baseline, candidate = self.counts(name)
+        decision = decide(state.state, state.step_index, state.step_started_at, now,
+                          baseline, candidate, running.experiment.config)
+        running.last_reason = decision.reason
+        share = decision.candidate_share
+        if decision.state is State.RUNNING and decision.step_index == state.step_index and (
+                state.operator_share is not None):
+            share = state.operator_share
+        if (decision.state, share, decision.step_index) == (
+                state.state, state.candidate_share, state.step_index):
+            return None
+        return self._apply(running, decision.state, share, decision.step_index,
+                           decision.reason, now)
+
     def set_share(self, name: str, share: float, reason: str) -> ExperimentState:
-        """An operator's weight (``sightline-ab set-weight``); the experiment keeps running."""
-        running = self._running[name]
-        return self._apply(running, State.RUNNING, share, running.state.step_index, reason,
-                           self.clock())
+        """An operator's weight (``sightline-ab set-weight``): it holds until a verdict other
+        than "keep running" (a rollback, a halt, the next canary step)."""
+        with self._deciding:
+            running = self._live(name)
+            return self._apply(running, State.RUNNING, share, running.state.step_index, reason,
+                               self.clock(), operator_share=share)
 
     def end(self, name: str, state: State, reason: str) -> ExperimentState:
-        """Roll back (share 0) or promote (share 1) by hand."""
-        share = 1.0 if state is State.PROMOTABLE else 0.0
+        """Roll back (share 0) or promote (share 1) by hand. Promotion may follow the
+        router's own "promotable"; nothing else may follow an ended experiment."""
+        with self._deciding:
+            running = self._running[name]
+            if not (state is State.PROMOTABLE and running.state.state is State.PROMOTABLE):
+                running = self._live(name)
+            share = 1.0 if state is State.PROMOTABLE else 0.0
+            return self._apply(running, state, share, running.state.step_index, reason,
+                               self.clock())
+
+    def _live(self, name: str) -> _Running:
         running = self._running[name]
-        return self._apply(running, state, share, running.state.step_index, reason,
-                           self.clock())
+        if running.state.state.terminal:
+            raise ExperimentEnded(f"experiment {name} has ended ({running.state.state.value}: "
+                                  f"{running.state.reason}); change its definition in the "
+                                  "experiments file to start it again")
+        return running
 
     def _apply(self, running: _Running, state: State, share: float, step: int, reason: str,
-               now: float) -> ExperimentState:
+               now: float, operator_share: float | None = None) -> ExperimentState:
         old = running.state
         new = replace(old, state=state, candidate_share=share, step_index=step, reason=reason,
                       updated_at=now, step_started_at=now if step != old.step_index
-                      else old.step_started_at)
+                      else old.step_started_at, operator_share=operator_share)
         with self._lock:
             running.state = new
             if step != old.step_index:  # a canary step is judged on its own traffic
                 running.arms = {v: _Arm() for v in Variant}
             self.decisions[new.name, state.value] += 1
+        running.last_reason = reason
         if self.store is not None:
-            self.store.save(new)
+            try:
+                self.store.save(new)
+            except OSError as exc:  # a read-only repository: decide on, in memory
+                log.error("experiment %s: cannot save its state (%s); the decision holds "
+                          "until this process restarts", new.name, exc)
         level = logging.WARNING if state in (State.ROLLED_BACK, State.HALTED_SRM) else logging.INFO
         log.log(level, "experiment %s: %s, candidate share %.4g (%s)",
                 new.name, state.value, share, reason)

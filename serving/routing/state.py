@@ -63,11 +63,14 @@ class ExperimentState:
     reason: str  # the deciding number, from decide.Decision
     updated_at: float  # wall-clock seconds
     config_digest: str
+    operator_share: float | None = None  # set by SetWeight: it holds until the next verdict
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", State(self.state))
         if not 0 <= self.candidate_share <= 1 or self.step_index < 0:
             raise ValueError(f"need 0 <= candidate_share <= 1 and step_index >= 0: {self}")
+        if self.operator_share is not None and not 0 <= self.operator_share <= 1:
+            raise ValueError(f"need 0 <= operator_share <= 1: {self}")
         if not (math.isfinite(self.step_started_at) and math.isfinite(self.updated_at)):
             raise ValueError(f"times must be finite: {self}")
 
@@ -78,7 +81,13 @@ _TYPES = {"name": str, "state": str, "candidate_share": float, "step_index": int
 
 def _from_data(data: object, name: str) -> ExperimentState:
     """The state in a file, checked field by field: a hand-edited or foreign file is refused."""
-    if not isinstance(data, dict) or set(data) != set(_TYPES):
+    if not isinstance(data, dict):
+        raise ValueError(f"need exactly the keys {', '.join(_TYPES)}")
+    data = dict(data)
+    operator_share = data.pop("operator_share", None)  # absent from older files
+    if operator_share is not None and type(operator_share) not in (int, float):
+        raise ValueError(f"operator_share must be float; got {type(operator_share).__name__}")
+    if set(data) != set(_TYPES):
         raise ValueError(f"need exactly the keys {', '.join(_TYPES)}")
     for key, kind in _TYPES.items():
         value = data[key]
@@ -87,7 +96,7 @@ def _from_data(data: object, name: str) -> ExperimentState:
             raise ValueError(f"{key} must be {kind.__name__}; got {type(value).__name__}")
     if data["name"] != name:
         raise ValueError(f"it holds experiment {data['name'][:64]!r}")
-    return ExperimentState(**data)
+    return ExperimentState(**data, operator_share=operator_share)
 
 
 class StateStore:
@@ -151,6 +160,11 @@ class StateStore:
         """The saved state if it was decided under this definition; else a fresh start."""
         saved = self.load(experiment.name)
         fresh = self.initial(experiment, now)
+        steps = max(1, len(experiment.config.steps))
+        if saved is not None and saved.step_index >= steps:  # a hand-edited file
+            logger.warning("experiment %s: its saved step %d is past its %d steps; starting "
+                           "afresh", experiment.name, saved.step_index, steps)
+            return fresh
         if saved is None or saved.config_digest == fresh.config_digest:
             return saved or fresh
         logger.warning("experiment %s: its definition changed since its state was saved (%s at "

@@ -33,7 +33,8 @@ from scipy import stats as scipy_stats
 
 __all__ = ["DEFAULT_MIXING_VARIANCE", "SRM_THRESHOLD", "LatencyComparison", "compare_latency",
            "min_sample_size", "msprt_likelihood_ratio", "msprt_p_value", "msprt_p_value_path",
-           "sample_ratio_p_value", "srm_detected", "two_proportion_z_test", "wilson_interval"]
+           "sample_ratio_p_value", "slower_p_value", "srm_detected", "two_proportion_z_test",
+           "wilson_interval"]
 
 # The normal mixture's variance over the true difference in accuracy: a standard deviation of 3
 # points weighs the 1-6 point changes a new model version plausibly makes. Smaller values detect
@@ -171,6 +172,16 @@ def compare_latency(baseline_seconds, candidate_seconds) -> LatencyComparison:
     result = scipy_stats.mannwhitneyu(candidate, baseline, alternative="two-sided")
     return LatencyComparison(float(result.pvalue), float(np.median(baseline)),
                              float(np.median(candidate)))
+
+
+def slower_p_value(baseline_seconds, candidate_seconds) -> float:
+    """One-sided Mann-Whitney p that the candidate's latencies tend to exceed the baseline's;
+    1.0 when either sample is empty (no evidence)."""
+    baseline = np.asarray(baseline_seconds, dtype=float)
+    candidate = np.asarray(candidate_seconds, dtype=float)
+    if baseline.size == 0 or candidate.size == 0:
+        return 1.0
+    return float(scipy_stats.mannwhitneyu(candidate, baseline, alternative="greater").pvalue)
 
 
 def sample_ratio_p_value(observed_counts, weights):

@@ -14,7 +14,7 @@ from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2 as xpb
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2_grpc as xpb_grpc
-from serving.repository.publish import deploy
+from serving.repository.publish import deploy, set_label
 from tests.conftest import ROOT
 from tests.serving.conftest import MODEL, image_bytes, samples, scrape, value
 
@@ -81,7 +81,7 @@ def test_a_broken_candidate_is_rolled_back_by_itself_and_no_client_sees_an_error
     assert variants == {"baseline", "candidate"} and {r.experiment for r in responses} == {
         "gap-next"}
     assert all(r.model_version == (2 if r.variant == "candidate" else 1) for r in responses)
-    feedback = [xpb.Feedback(request_id=r.request_id, true_label=truth[i % 8])
+    feedback = [xpb.Feedback(feedback_id=r.feedback_id, true_label=truth[i % 8])
                 for i, r in enumerate(responses)]
     sent = ab.SendFeedback(xpb.SendFeedbackRequest(feedback=feedback), timeout=10)
     assert sent.accepted == 400, [r.message for r in sent.results if not r.accepted][:3]
@@ -118,7 +118,7 @@ def test_an_a_a_experiment_never_rolls_back(repository, deployable, start_server
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub, ab = pb_grpc.ImageClassifierStub(channel), xpb_grpc.ExperimentsStub(channel)
         responses = classify_all(stub, 300)
-        feedback = [xpb.Feedback(request_id=r.request_id, true_label=r.classes[0].label)
+        feedback = [xpb.Feedback(feedback_id=r.feedback_id, true_label=r.classes[0].label)
                     for r in responses]
         assert ab.SendFeedback(xpb.SendFeedbackRequest(feedback=feedback),
                                timeout=10).accepted == 300
@@ -140,12 +140,14 @@ def test_forged_and_malformed_ids_are_refused_one_by_one(repository, deployable,
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub, ab = pb_grpc.ImageClassifierStub(channel), xpb_grpc.ExperimentsStub(channel)
         good = classify_all(stub, 1)[0]
-        forged = good.request_id[:-2] + ("AA" if not good.request_id.endswith("AA") else "BB")
+        assert good.request_id == "u0" and good.feedback_id.startswith("ab1.gap-next.")
+        signed = good.feedback_id
+        forged = signed[:-2] + ("AA" if not signed.endswith("AA") else "BB")
         sent = ab.SendFeedback(xpb.SendFeedbackRequest(feedback=[
-            xpb.Feedback(request_id=good.request_id, true_class=0),
-            xpb.Feedback(request_id=forged, true_class=0),
-            xpb.Feedback(request_id="not an id", true_class=0),
-            xpb.Feedback(request_id=good.request_id, true_class=0)]), timeout=5)
+            xpb.Feedback(feedback_id=signed, true_class=0),
+            xpb.Feedback(feedback_id=forged, true_class=0),
+            xpb.Feedback(feedback_id="not an id", true_class=0),
+            xpb.Feedback(feedback_id=signed, true_class=0)]), timeout=5)
         assert [r.reason for r in sent.results] == ["", "forged", "malformed", "duplicate"]
         assert sent.accepted == 1
 
@@ -156,7 +158,15 @@ def test_the_decision_survives_a_restart(repository, deployable, start_server):
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         ab = xpb_grpc.ExperimentsStub(channel)
         ab.SetWeight(xpb.SetWeightRequest(experiment="gap-next", candidate_share=0.2), timeout=5)
+        time.sleep(0.3)  # six decisions: an operator's share holds while the verdict is "run"
+        held = ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments[0]
+        assert (held.state, held.candidate_share) == ("running", 0.2), held.reason
         ab.Rollback(xpb.EndRequest(experiment="gap-next", reason="by hand"), timeout=5)
+        with pytest.raises(grpc.RpcError) as ended:  # an ended experiment takes no weight
+            ab.SetWeight(xpb.SetWeightRequest(experiment="gap-next", candidate_share=0.5),
+                         timeout=5)
+        assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "has ended (rolled_back: by hand)" in ended.value.details()
     server.stop(grace=1.0, drain=0)
     again = start_server(repository, version_policy="all", decide_seconds=0.05)
     with grpc.insecure_channel(f"127.0.0.1:{again.port}") as channel:
@@ -211,6 +221,37 @@ def test_the_sightline_ab_command(repository, deployable, start_server):
     code, out = ab("rollback", "nope")
     assert code == 1 and "NOT_FOUND: no experiment 'nope'; running: gap-next" in out, out
     code, out = ab("promote", "gap-next")  # the baseline is a version: nothing to move
-    assert code == 1 and "promotion moves a label" in out, out
+    assert code == 1 and "FAILED_PRECONDITION" in out and "promotion moves a label" in out, out
+    code, out = ab("rollback", "gap-next", "--reason", "two\nlines")
+    assert code == 1 and "INVALID_ARGUMENT: reason must be one printable line" in out, out
     code, out = ab("rollback", "gap-next")
     assert code == 0 and "rolled_back, candidate share 0" in out, out
+
+
+def test_promote_moves_the_baseline_label_and_never_leaves_it_dangling(repository, deployable,
+                                                                        start_server):
+    deploy(deployable("gap"), repository)
+    set_label(repository / MODEL, "stable", 1)
+    labels = repository / MODEL / "labels.json"
+    server = start(start_server, repository, [
+        experiment(baseline={"label": "stable"}, candidate={"version": 7}),
+        experiment(name="gap-two", model="gap-unused", baseline={"version": 1})])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        ab = xpb_grpc.ExperimentsStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            ab.Promote(xpb.EndRequest(experiment="gap-next"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "not served" in refused.value.details()
+        assert json.loads(labels.read_text()) == {"stable": 1}
+    (repository / "experiments.yaml").write_text(yaml.safe_dump({"experiments": [
+        experiment(baseline={"label": "stable"})]}))
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        ab = xpb_grpc.ExperimentsStub(channel)
+        assert wait_for(lambda: ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments[
+            0].baseline.label == "stable" and ab.ABStatus(
+            xpb.ABStatusRequest(), timeout=5).experiments[0].candidate.version == 2)
+        promoted = ab.Promote(xpb.EndRequest(experiment="gap-next", reason="ship"), timeout=5)
+        assert (promoted.state, promoted.candidate_share) == ("promotable", 1.0)
+        assert json.loads(labels.read_text()) == {"stable": 2}
+        time.sleep(0.3)  # decisions leave an ended experiment as it is
+        assert ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments[0].candidate_share == 1

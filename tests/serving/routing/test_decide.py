@@ -27,8 +27,9 @@ CANARY = ExperimentConfig(Mode.CANARY, guardrails=GUARDRAILS, steps=(
     CanaryStep(0.50, min_samples=1_000, min_seconds=300)))
 
 
-def arm(requests=2_000, feedback=1_000, correct=800, errors=2, p99=0.050) -> VariantCounts:
-    return VariantCounts(requests, feedback, correct, errors, p99)
+def arm(requests=2_000, feedback=1_000, correct=800, errors=2, p99=0.050,
+        slower=1.0) -> VariantCounts:
+    return VariantCounts(requests, feedback, correct, errors, p99, slower)
 
 
 BASE = arm()
@@ -36,8 +37,11 @@ CANARY_BASE = arm(requests=19_000)  # 95 % of 20,000: the first step's split
 
 # (id, config, state, step, seconds in step, baseline, candidate, state, share, step, reason)
 CASES = [
-    ("too few requests, even if awful", SPLIT, State.RUNNING, 0, 0, BASE,
+    ("too few requests, even if awful", SPLIT, State.RUNNING, 0, 0, arm(requests=999),
      arm(requests=999, errors=500, correct=100), State.RUNNING, 0.5, 0, "999 requests"),
+    ("an arm that gets nothing halts", SPLIT, State.RUNNING, 0, 0, arm(requests=1_000),
+     arm(requests=0, feedback=0, correct=0, errors=0), State.HALTED_SRM, 0.0, 0,
+     "baseline 1000 vs candidate 0 requests"),
     ("srm", SPLIT, State.RUNNING, 0, 0, BASE, arm(requests=1_700), State.HALTED_SRM, 0.0, 0,
      "p=8.14e-07"),
     ("srm tolerates chance", SPLIT, State.RUNNING, 0, 0, BASE, arm(requests=1_850),
@@ -46,8 +50,10 @@ CASES = [
      "+0.0190 > max_error_rate_increase 0.01"),
     ("error rate within", SPLIT, State.RUNNING, 0, 0, BASE, arm(errors=21), State.RUNNING, 0.5,
      0, "no verdict yet"),
-    ("latency", SPLIT, State.RUNNING, 0, 0, BASE, arm(p99=0.065), State.ROLLED_BACK, 0.0, 0,
-     "ratio 1.300 > max_latency_p99_ratio 1.2"),
+    ("latency", SPLIT, State.RUNNING, 0, 0, BASE, arm(p99=0.065, slower=0.01),
+     State.ROLLED_BACK, 0.0, 0, "ratio 1.300 > max_latency_p99_ratio 1.2, and slower overall"),
+    ("a high p99 alone is noise", SPLIT, State.RUNNING, 0, 0, BASE, arm(p99=0.065, slower=0.3),
+     State.RUNNING, 0.5, 0, "no verdict yet"),
     ("latency within", SPLIT, State.RUNNING, 0, 0, BASE, arm(p99=0.060), State.RUNNING, 0.5, 0,
      "no verdict yet"),
     ("latency unknown", SPLIT, State.RUNNING, 0, 0, BASE, arm(p99=math.nan, correct=900),
@@ -73,7 +79,7 @@ CASES = [
      State.RUNNING, 0, 10_000, CANARY_BASE, arm(requests=1_000), State.RUNNING, 0.05, 0,
      "1000 requests on the smaller arm < min_samples 1001"),
     ("canary guardrail beats the clock", CANARY, State.RUNNING, 0, 301, CANARY_BASE,
-     arm(requests=1_000, p99=0.1), State.ROLLED_BACK, 0.0, 0, "ratio 2.000"),
+     arm(requests=1_000, p99=0.1, slower=0.001), State.ROLLED_BACK, 0.0, 0, "ratio 2.000"),
     ("canary at its wrong split", CANARY, State.RUNNING, 1, 301, CANARY_BASE,
      arm(requests=1_000), State.HALTED_SRM, 0.0, 1, "sample ratio mismatch"),
     ("canary's last step passes", CANARY, State.RUNNING, 2, 301, arm(), arm(),

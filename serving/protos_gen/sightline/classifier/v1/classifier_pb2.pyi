@@ -101,7 +101,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("classes", "model_name", "model_version", "request_id", "heatmap", "timing", "error", "experiment", "variant")
+    __slots__ = ("classes", "model_name", "model_version", "request_id", "heatmap", "timing", "error", "experiment", "variant", "feedback_id")
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class ClassifyResponse(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
     classes: _containers.RepeatedCompositeFieldContainer[Class]
     model_name: str
     model_version: int
@@ -120,7 +121,8 @@ class ClassifyResponse(_message.Message):
     error: Error
     experiment: str
     variant: str
-    def __init__(self, classes: _Optional[_Iterable[_Union[Class, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., request_id: _Optional[str] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
+    feedback_id: str
+    def __init__(self, classes: _Optional[_Iterable[_Union[Class, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., request_id: _Optional[str] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ..., feedback_id: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("model",)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n=serving/protos_gen/sightline/experiments/v1/experiments.proto\x12\x18sightline.experiments.v1\"S\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\ntrue_class\x18\x02 \x01(\x03H\x00\x12\x14\n\ntrue_label\x18\x03 \x01(\tH\x00\x42\x07\n\x05truth\"K\n\x13SendFeedbackRequest\x12\x34\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x03(\x0b\x32\".sightline.experiments.v1.Feedback\"W\n\x0e\x46\x65\x65\x64\x62\x61\x63kResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"c\n\x14SendFeedbackResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.sightline.experiments.v1.FeedbackResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\"%\n\x0f\x41\x42StatusRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"\xe1\x01\n\rVariantStatus\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05label\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x03\x12\x10\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x06 \x01(\x03\x12\x0f\n\x07\x63orrect\x18\x07 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x08 \x01(\x01\x12\x14\n\x0c\x61\x63\x63uracy_low\x18\t \x01(\x01\x12\x15\n\raccuracy_high\x18\n \x01(\x01\x12\x1b\n\x13latency_p99_seconds\x18\x0b \x01(\x01\"\xab\x02\n\x10\x45xperimentStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0f\x63\x61ndidate_share\x18\x06 \x01(\x01\x12\x0c\n\x04step\x18\x07 \x01(\x05\x12\x39\n\x08\x62\x61seline\x18\x08 \x01(\x0b\x32\'.sightline.experiments.v1.VariantStatus\x12:\n\tcandidate\x18\t \x01(\x0b\x32\'.sightline.experiments.v1.VariantStatus\x12\x1a\n\x12sequential_p_value\x18\n \x01(\x01\x12\x13\n\x0bsrm_p_value\x18\x0b \x01(\x01\"S\n\x10\x41\x42StatusResponse\x12?\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32*.sightline.experiments.v1.ExperimentStatus\"O\n\x10SetWeightRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61ndidate_share\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"0\n\nEndRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xff\x03\n\x0b\x45xperiments\x12m\n\x0cSendFeedback\x12-.sightline.experiments.v1.SendFeedbackRequest\x1a..sightline.experiments.v1.SendFeedbackResponse\x12\x61\n\x08\x41\x42Status\x12).sightline.experiments.v1.ABStatusRequest\x1a*.sightline.experiments.v1.ABStatusResponse\x12\x63\n\tSetWeight\x12*.sightline.experiments.v1.SetWeightRequest\x1a*.sightline.experiments.v1.ExperimentStatus\x12\\\n\x08Rollback\x12$.sightline.experiments.v1.EndRequest\x1a*.sightline.experiments.v1.ExperimentStatus\x12[\n\x07Promote\x12$.sightline.experiments.v1.EndRequest\x1a*.sightline.experiments.v1.ExperimentStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n=serving/protos_gen/sightline/experiments/v1/experiments.proto\x12\x18sightline.experiments.v1\"T\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x14\n\ntrue_class\x18\x02 \x01(\x03H\x00\x12\x14\n\ntrue_label\x18\x03 \x01(\tH\x00\x42\x07\n\x05truth\"K\n\x13SendFeedbackRequest\x12\x34\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x03(\x0b\x32\".sightline.experiments.v1.Feedback\"X\n\x0e\x46\x65\x65\x64\x62\x61\x63kResult\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"c\n\x14SendFeedbackResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.sightline.experiments.v1.FeedbackResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\"%\n\x0f\x41\x42StatusRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"\xe1\x01\n\rVariantStatus\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05label\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x03\x12\x10\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x06 \x01(\x03\x12\x0f\n\x07\x63orrect\x18\x07 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x08 \x01(\x01\x12\x14\n\x0c\x61\x63\x63uracy_low\x18\t \x01(\x01\x12\x15\n\raccuracy_high\x18\n \x01(\x01\x12\x1b\n\x13latency_p99_seconds\x18\x0b \x01(\x01\"\xab\x02\n\x10\x45xperimentStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x17\n\x0f\x63\x61ndidate_share\x18\x06 \x01(\x01\x12\x0c\n\x04step\x18\x07 \x01(\x05\x12\x39\n\x08\x62\x61seline\x18\x08 \x01(\x0b\x32\'.sightline.experiments.v1.VariantStatus\x12:\n\tcandidate\x18\t \x01(\x0b\x32\'.sightline.experiments.v1.VariantStatus\x12\x1a\n\x12sequential_p_value\x18\n \x01(\x01\x12\x13\n\x0bsrm_p_value\x18\x0b \x01(\x01\"S\n\x10\x41\x42StatusResponse\x12?\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32*.sightline.experiments.v1.ExperimentStatus\"O\n\x10SetWeightRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61ndidate_share\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"0\n\nEndRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xff\x03\n\x0b\x45xperiments\x12m\n\x0cSendFeedback\x12-.sightline.experiments.v1.SendFeedbackRequest\x1a..sightline.experiments.v1.SendFeedbackResponse\x12\x61\n\x08\x41\x42Status\x12).sightline.experiments.v1.ABStatusRequest\x1a*.sightline.experiments.v1.ABStatusResponse\x12\x63\n\tSetWeight\x12*.sightline.experiments.v1.SetWeightRequest\x1a*.sightline.experiments.v1.ExperimentStatus\x12\\\n\x08Rollback\x12$.sightline.experiments.v1.EndRequest\x1a*.sightline.experiments.v1.ExperimentStatus\x12[\n\x07Promote\x12$.sightline.experiments.v1.EndRequest\x1a*.sightline.experiments.v1.ExperimentStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'serving.protos_gen.sightlin
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FEEDBACK']._serialized_start=91
-  _globals['_FEEDBACK']._serialized_end=174
-  _globals['_SENDFEEDBACKREQUEST']._serialized_start=176
-  _globals['_SENDFEEDBACKREQUEST']._serialized_end=251
-  _globals['_FEEDBACKRESULT']._serialized_start=253
-  _globals['_FEEDBACKRESULT']._serialized_end=340
-  _globals['_SENDFEEDBACKRESPONSE']._serialized_start=342
-  _globals['_SENDFEEDBACKRESPONSE']._serialized_end=441
-  _globals['_ABSTATUSREQUEST']._serialized_start=443
-  _globals['_ABSTATUSREQUEST']._serialized_end=480
-  _globals['_VARIANTSTATUS']._serialized_start=483
-  _globals['_VARIANTSTATUS']._serialized_end=708
-  _globals['_EXPERIMENTSTATUS']._serialized_start=711
-  _globals['_EXPERIMENTSTATUS']._serialized_end=1010
-  _globals['_ABSTATUSRESPONSE']._serialized_start=1012
-  _globals['_ABSTATUSRESPONSE']._serialized_end=1095
-  _globals['_SETWEIGHTREQUEST']._serialized_start=1097
-  _globals['_SETWEIGHTREQUEST']._serialized_end=1176
-  _globals['_ENDREQUEST']._serialized_start=1178
-  _globals['_ENDREQUEST']._serialized_end=1226
-  _globals['_EXPERIMENTS']._serialized_start=1229
-  _globals['_EXPERIMENTS']._serialized_end=1740
+  _globals['_FEEDBACK']._serialized_end=175
+  _globals['_SENDFEEDBACKREQUEST']._serialized_start=177
+  _globals['_SENDFEEDBACKREQUEST']._serialized_end=252
+  _globals['_FEEDBACKRESULT']._serialized_start=254
+  _globals['_FEEDBACKRESULT']._serialized_end=342
+  _globals['_SENDFEEDBACKRESPONSE']._serialized_start=344
+  _globals['_SENDFEEDBACKRESPONSE']._serialized_end=443
+  _globals['_ABSTATUSREQUEST']._serialized_start=445
+  _globals['_ABSTATUSREQUEST']._serialized_end=482
+  _globals['_VARIANTSTATUS']._serialized_start=485
+  _globals['_VARIANTSTATUS']._serialized_end=710
+  _globals['_EXPERIMENTSTATUS']._serialized_start=713
+  _globals['_EXPERIMENTSTATUS']._serialized_end=1012
+  _globals['_ABSTATUSRESPONSE']._serialized_start=1014
+  _globals['_ABSTATUSRESPONSE']._serialized_end=1097
+  _globals['_SETWEIGHTREQUEST']._serialized_start=1099
+  _globals['_SETWEIGHTREQUEST']._serialized_end=1178
+  _globals['_ENDREQUEST']._serialized_start=1180
+  _globals['_ENDREQUEST']._serialized_end=1228
+  _globals['_EXPERIMENTS']._serialized_start=1231
+  _globals['_EXPERIMENTS']._serialized_end=1742
 # @@protoc_insertion_point(module_scope)

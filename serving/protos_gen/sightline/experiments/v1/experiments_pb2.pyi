@@ -7,14 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Feedback(_message.Message):
-    __slots__ = ("request_id", "true_class", "true_label")
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("feedback_id", "true_class", "true_label")
+    FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
     TRUE_CLASS_FIELD_NUMBER: _ClassVar[int]
     TRUE_LABEL_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
+    feedback_id: str
     true_class: int
     true_label: str
-    def __init__(self, request_id: _Optional[str] = ..., true_class: _Optional[int] = ..., true_label: _Optional[str] = ...) -> None: ...
+    def __init__(self, feedback_id: _Optional[str] = ..., true_class: _Optional[int] = ..., true_label: _Optional[str] = ...) -> None: ...
 
 class SendFeedbackRequest(_message.Message):
     __slots__ = ("feedback",)
@@ -23,16 +23,16 @@ class SendFeedbackRequest(_message.Message):
     def __init__(self, feedback: _Optional[_Iterable[_Union[Feedback, _Mapping]]] = ...) -> None: ...
 
 class FeedbackResult(_message.Message):
-    __slots__ = ("request_id", "accepted", "reason", "message")
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("feedback_id", "accepted", "reason", "message")
+    FEEDBACK_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
+    feedback_id: str
     accepted: bool
     reason: str
     message: str
-    def __init__(self, request_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    def __init__(self, feedback_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SendFeedbackResponse(_message.Message):
     __slots__ = ("results", "accepted")

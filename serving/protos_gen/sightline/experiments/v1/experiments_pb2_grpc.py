@@ -65,8 +65,8 @@ class ExperimentsServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SendFeedback(self, request, context):
-        """True labels for requests an experiment routed, one or many per call. Each request_id is the
-        signed id its response carried, so any replica accepts it. A bad id refuses only itself.
+        """True labels for requests an experiment routed, one or many per call. Each feedback_id is
+        the signed id its response carried, so any replica accepts it. A bad id refuses only itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
