@@ -86,6 +86,7 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""  # set: mutual TLS, clients must present a certificate it signed
     auth_token_file: str = ""  # set: requests need "authorization: Bearer <token>"
+    admin_token_file: str = ""  # set: SetWeight, Rollback and Promote need one of its tokens
 
     # Metrics: Prometheus text on http://<metrics_host>:<metrics_port>/metrics; -1 turns metrics
     # off entirely (nothing is counted). With auth_token_file set, /metrics needs a token too

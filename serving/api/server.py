@@ -205,6 +205,7 @@ def create_server(config: ServerConfig, port: int | None = None,
         metrics.watch(manager, experiments.router)
 
     tokens = read_tokens(config.auth_token_file) if config.auth_token_file else None
+    admin_tokens = read_tokens(config.admin_token_file) if config.admin_token_file else None
     admission = Admission(
         config.grpc_threads, config.max_streams,
         on_refused=None if metrics is None else (
@@ -214,7 +215,7 @@ def create_server(config: ServerConfig, port: int | None = None,
         # Auth first: it decides per call. Admission and metrics wrap each method's handler
         # once, which is only right behind interceptors that decide per call; each interceptor
         # that refuses counts its own refusals.
-        interceptors=[*_interceptors(tokens, metrics), admission,
+        interceptors=[*_interceptors(tokens, admin_tokens, metrics), admission,
                       *([GrpcMetricsInterceptor(metrics)] if metrics else [])],
         options=_options(config),
         compression=COMPRESSION[config.compression],
@@ -286,13 +287,13 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-def _interceptors(tokens: list[bytes] | None, metrics: ServingMetrics | None
-                  ) -> list[grpc.ServerInterceptor]:
-    if tokens is None:
+def _interceptors(tokens: list[bytes] | None, admin_tokens: list[bytes] | None,
+                  metrics: ServingMetrics | None) -> list[grpc.ServerInterceptor]:
+    if tokens is None and admin_tokens is None:
         return []
     refused = None if metrics is None else (
         lambda: metrics.rejected_request("unauthenticated", "Unauthenticated"))
-    return [BearerTokenInterceptor(tokens, on_refused=refused)]
+    return [BearerTokenInterceptor(tokens, on_refused=refused, admin_tokens=admin_tokens)]
 
 
 def _bind(grpc_server: grpc.Server, address: str, config: ServerConfig) -> int:

@@ -181,8 +181,10 @@ def _share_text(share: float) -> str:
 
 def decide(state: State, step_index: int, step_started_at: float, now: float,
            baseline: VariantCounts, candidate: VariantCounts,
-           config: ExperimentConfig) -> Decision:
-    """The next state and share from these counts; reads no clock and keeps nothing."""
+           config: ExperimentConfig, share_in_effect: float | None = None) -> Decision:
+    """The next state and share from these counts; reads no clock and keeps nothing.
+    ``share_in_effect`` is the share the counts were taken at when an operator set one; the
+    split is checked against it (the config's share otherwise)."""
     state = State(state)
     share = config.candidate_share(step_index)
     guard = config.guardrails
@@ -199,7 +201,8 @@ def decide(state: State, step_index: int, step_started_at: float, now: float,
     # The split is judged on the total, so an arm that gets nothing (a candidate that never
     # loads) halts the experiment instead of waiting for it forever.
     total = baseline.requests + candidate.requests
-    expected = config.expected_split(step_index)
+    expected = (config.expected_split(step_index) if share_in_effect is None
+                or config.mode is Mode.SHADOW else (1.0 - share_in_effect, share_in_effect))
     if total >= guard.min_requests and expected[1] > 0:
         srm_p = sample_ratio_p_value([baseline.requests, candidate.requests], expected)
         if srm_detected(srm_p, config.srm_threshold):

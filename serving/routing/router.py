@@ -65,11 +65,20 @@ class Route:
 
 
 @dataclass
-class _Arm:
+class Totals:
+    """One variant's counts since the process started, never reset (for metrics: counters
+    must only grow, while a canary step is judged on its own traffic)."""
+
     requests: int = 0
     errors: int = 0
     feedback: int = 0
     correct: int = 0
+
+
+@dataclass
+class _Arm(Totals):
+    """One variant's counts in the window being judged, and its recent latencies."""
+
     latencies: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES))
 
@@ -79,17 +88,6 @@ class _Arm:
         slower = 1.0 if baseline is None else slower_p_value(baseline.latencies, self.latencies)
         return VariantCounts(self.requests, self.feedback, self.correct, self.errors,
                              p99 if p99 > 0 else float("nan"), slower)
-
-
-@dataclass
-class Totals:
-    """One variant's counts since the process started, never reset (for metrics: counters
-    must only grow, while a canary step is judged on its own traffic)."""
-
-    requests: int = 0
-    errors: int = 0
-    feedback: int = 0
-    correct: int = 0
 
 
 @dataclass
@@ -249,7 +247,8 @@ class Router:
         state = running.state
         baseline, candidate = self.counts(name)
         decision = decide(state.state, state.step_index, state.step_started_at, now,
-                          baseline, candidate, running.experiment.config)
+                          baseline, candidate, running.experiment.config,
+                          share_in_effect=state.operator_share)
         running.last_reason = decision.reason
         share = decision.candidate_share
         if decision.state is State.RUNNING and decision.step_index == state.step_index and (
@@ -296,7 +295,10 @@ class Router:
                       else old.step_started_at, operator_share=operator_share)
         with self._lock:
             running.state = new
-            if step != old.step_index:  # a canary step is judged on its own traffic
+            # One window, one share: a canary step, or a share set by hand, is judged on its
+            # own traffic (counts taken at two shares would fail the split check).
+            # An ended experiment keeps the counts that ended it, for its status.
+            if not state.terminal and (step != old.step_index or share != old.candidate_share):
                 running.arms = {v: _Arm() for v in Variant}
             self.decisions[new.name, state.value] += 1
         running.last_reason = reason

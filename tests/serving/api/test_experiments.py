@@ -255,3 +255,30 @@ def test_promote_moves_the_baseline_label_and_never_leaves_it_dangling(repositor
         assert json.loads(labels.read_text()) == {"stable": 2}
         time.sleep(0.3)  # decisions leave an ended experiment as it is
         assert ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments[0].candidate_share == 1
+
+
+def test_only_an_operator_token_moves_traffic(repository, deployable, start_server, tmp_path):
+    deploy(deployable("gap"), repository)
+    (tmp_path / "tokens").write_text("client-secret\n")
+    (tmp_path / "admin").write_text("operator-secret\n")
+    (repository / "experiments.yaml").write_text(yaml.safe_dump({"experiments": [experiment()]}))
+    server = start_server(repository, version_policy="all", decide_seconds=0.05,
+                          auth_token_file=str(tmp_path / "tokens"),
+                          admin_token_file=str(tmp_path / "admin"))
+    client = [("authorization", "Bearer client-secret")]
+    operator = [("authorization", "Bearer operator-secret")]
+    weight = xpb.SetWeightRequest(experiment="gap-next", candidate_share=0.3)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        ab = xpb_grpc.ExperimentsStub(channel)
+        assert ab.ABStatus(xpb.ABStatusRequest(), timeout=5, metadata=client).experiments
+        pb_grpc.ImageClassifierStub(channel).Classify(
+            pb.ClassifyRequest(image=image_bytes()), timeout=10, metadata=client)
+        for metadata, code in ((client, grpc.StatusCode.PERMISSION_DENIED),
+                               ([], grpc.StatusCode.PERMISSION_DENIED)):
+            with pytest.raises(grpc.RpcError) as refused:
+                ab.SetWeight(weight, timeout=5, metadata=metadata)
+            assert refused.value.code() == code
+        with pytest.raises(grpc.RpcError) as refused:  # the operator's token is not a client's
+            ab.ABStatus(xpb.ABStatusRequest(), timeout=5, metadata=operator)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert ab.SetWeight(weight, timeout=5, metadata=operator).candidate_share == 0.3
