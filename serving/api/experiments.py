@@ -148,7 +148,24 @@ class ExperimentsService(pb_grpc.ExperimentsServicer):
                                              candidate.correct, candidate.feedback),
             srm_p_value=sample_ratio_p_value([baseline.requests, candidate.requests],
                                              [1 - share, share])
-            if 0 < share < 1 and baseline.requests + candidate.requests else 1.0)
+            if 0 < share < 1 and baseline.requests + candidate.requests else 1.0,
+            shadow=_shadow(self.router.shadow_totals().get(name)))
+
+
+def _shadow(totals) -> pb.ShadowStatus:
+    if totals is None:
+        return pb.ShadowStatus()
+    nan = math.nan
+    return pb.ShadowStatus(
+        mirrored=totals.mirrored, dropped=totals.dropped,
+        agreement=totals.agreed / totals.mirrored if totals.mirrored else nan,
+        mean_confidence_difference=(totals.confidence_difference_sum / totals.mirrored
+                                    if totals.mirrored else nan),
+        explained=totals.explained,
+        mean_map_correlation=(totals.map_correlation_sum / totals.explained
+                              if totals.explained else nan),
+        mean_top_region_overlap=(totals.top_region_overlap_sum / totals.explained
+                                 if totals.explained else nan))
 
 
 MAX_REASON_CHARS = 256

@@ -40,6 +40,7 @@ from serving.image.decode import DecodeLimits
 from serving.inference.attachments import AttachingLoader
 from serving.inference.dataplane import Inference
 from serving.inference.observer import NO_OBSERVER
+from serving.inference.shadow import Shadow
 from serving.observe.interceptor import GrpcMetricsInterceptor
 from serving.observe.logs import setup_logging
 from serving.observe.metrics import ServingMetrics
@@ -158,6 +159,8 @@ class Server:
         self.grpc_server.stop(min(grace, 1.0)).wait()
         if self.experiments is not None:
             self.experiments.stop()
+        if self.inference.shadow is not None:
+            self.inference.shadow.close()
         self.manager.close(timeout=grace)
         if self._metrics_http is not None:
             self._metrics_http.stop()
@@ -197,10 +200,11 @@ def create_server(config: ServerConfig, port: int | None = None,
         source = DirectorySource(config.model_repository, _policy(config),
                                  interval_seconds=config.poll_seconds)
     experiments = LiveExperiments.build(config)
+    shadow = Shadow(manager, experiments.router)
     inference = Inference(
         manager, default_model=config.default_model, observer=metrics or NO_OBSERVER,
         limits=DecodeLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels),
-        max_decodes=config.decode_slots, router=experiments.router)
+        max_decodes=config.decode_slots, router=experiments.router, shadow=shadow)
     if metrics is not None:
         metrics.watch(manager, experiments.router)
 

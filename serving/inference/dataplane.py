@@ -43,6 +43,7 @@ from serving.errors import (
 )
 from serving.image.decode import DecodeLimits, InputError, decode, tensor_to_input
 from serving.inference.observer import NO_OBSERVER, Observer
+from serving.inference.shadow import Shadow
 from serving.inference.types import (
     DEFAULT_TOP_K,
     MAX_ID_CHARS,
@@ -56,6 +57,7 @@ from serving.inference.types import (
 from serving.repository.manager import ModelManager, ModelNotFound
 from serving.repository.servable import Servable
 from serving.routing.assignment import Variant
+from serving.routing.decide import Mode
 from serving.routing.router import Route, Router
 
 __all__ = ["Inference", "Pending"]
@@ -87,9 +89,11 @@ class Inference:
 
     def __init__(self, manager: ModelManager, *, limits: DecodeLimits | None = None,
                  default_model: str = "", observer: Observer = NO_OBSERVER,
-                 max_decodes: int = 4, router: Router | None = None):
+                 max_decodes: int = 4, router: Router | None = None,
+                 shadow: Shadow | None = None):
         self.manager = manager
         self.router = router
+        self.shadow = shadow  # copies for shadow experiments' candidates
         # Metrics wrap the path through these hooks; requests in flight are the servables'
         # holders, counted at scrape time.
         self.observer = observer
@@ -160,6 +164,8 @@ class Inference:
             pending.servable.release()
         if pending.route is not None:
             self._count_routed(pending.route, result)
+            if self.shadow is not None and pending.route.experiment.config.mode is Mode.SHADOW:
+                self.shadow.offer(pending.route, pending.pixels, result)
         self.observer.request_done(result, pending.servable.card.labels, pending.input_bytes,
                                    pending.input_pixels)
         if log.isEnabledFor(logging.DEBUG):

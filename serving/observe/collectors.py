@@ -113,6 +113,27 @@ class ExperimentsCollector(Collector):
         decisions = CounterMetricFamily("sightline_ab_decisions_total", "Decisions that "
                                         "changed an experiment, by the state they set.",
                                         labels=["experiment", "state"])
+        shadow = {name: CounterMetricFamily(f"sightline_ab_shadow_{name}", text,
+                                            labels=["experiment"])
+                  for name, text in (("mirrored", "Shadow copies the candidate answered."),
+                                     ("dropped", "Shadow copies not run (queue full, or the "
+                                      "candidate not there)."),
+                                     ("agreed", "Shadow copies with the baseline's top-1."),
+                                     ("explained", "Shadow copies with both variants' maps."))}
+        means = {name: GaugeMetricFamily(f"sightline_ab_shadow_{name}", text,
+                                         labels=["experiment"])
+                 for name, text in (("map_correlation", "Mean Pearson correlation of the two "
+                                     "variants' Grad-CAM maps."),
+                                    ("top_region_overlap", "Mean IoU of the two maps' top "
+                                     "20% regions."))}
+        for name, totals in sorted(self.router.shadow_totals().items()):
+            for field, family in shadow.items():
+                family.add_metric([name], getattr(totals, field))
+            if totals.explained:
+                means["map_correlation"].add_metric(
+                    [name], totals.map_correlation_sum / totals.explained)
+                means["top_region_overlap"].add_metric(
+                    [name], totals.top_region_overlap_sum / totals.explained)
         for (name, variant), totals in sorted(self.router.totals().items()):
             for field, family in families.items():
                 family.add_metric([name, variant.value], getattr(totals, field))
@@ -126,4 +147,5 @@ class ExperimentsCollector(Collector):
             baseline, candidate = self.router.counts(name)
             p_value.add_metric([name], msprt_p_value(baseline.correct, baseline.feedback,
                                                      candidate.correct, candidate.feedback))
-        yield from (*families.values(), share, state, p_value, decisions)
+        yield from (*families.values(), share, state, p_value, decisions, *shadow.values(),
+                    *means.values())

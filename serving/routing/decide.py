@@ -203,7 +203,8 @@ def decide(state: State, step_index: int, step_started_at: float, now: float,
     total = baseline.requests + candidate.requests
     expected = (config.expected_split(step_index) if share_in_effect is None
                 or config.mode is Mode.SHADOW else (1.0 - share_in_effect, share_in_effect))
-    if total >= guard.min_requests and expected[1] > 0:
+    # Shadow copies are dropped when the candidate falls behind, by design: no split to check.
+    if total >= guard.min_requests and config.mode is not Mode.SHADOW:
         srm_p = sample_ratio_p_value([baseline.requests, candidate.requests], expected)
         if srm_detected(srm_p, config.srm_threshold):
             return verdict(State.HALTED_SRM, f"sample ratio mismatch: baseline "

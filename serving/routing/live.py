@@ -16,7 +16,6 @@ import logging
 import threading
 from pathlib import Path
 
-from serving.routing.decide import Mode
 from serving.routing.experiment import ExperimentFile
 from serving.routing.feedback import FeedbackKey, FeedbackKeys
 from serving.routing.router import Router
@@ -58,13 +57,7 @@ class LiveExperiments:
 
     def reload(self) -> None:
         if self.file is not None and self.file.poll():
-            experiments = dict(self.file.current)
-            for name, experiment in list(experiments.items()):
-                if experiment.config.mode is Mode.SHADOW:  # the copy path is not built yet
-                    log.error("experiment %s not started: mode shadow is not available in "
-                              "this version; use split or canary", name)
-                    del experiments[name]
-            self.router.set_experiments(experiments)
+            self.router.set_experiments(self.file.current)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="experiments", daemon=True)

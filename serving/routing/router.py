@@ -42,7 +42,7 @@ from serving.routing.feedback import verify as verify_id
 from serving.routing.state import ExperimentState, StateStore
 from serving.routing.stats import slower_p_value
 
-__all__ = ["ExperimentEnded", "Route", "Router", "Totals"]
+__all__ = ["ExperimentEnded", "Route", "Router", "ShadowTotals", "Totals"]
 
 log = logging.getLogger("sightline.routing")
 LATENCY_SAMPLES = 4096  # per variant: the p99 of the last this-many requests
@@ -91,6 +91,19 @@ class _Arm(Totals):
 
 
 @dataclass
+class ShadowTotals:
+    """What shadow copies showed, since the process started: no labels needed."""
+
+    mirrored: int = 0  # copies the candidate answered
+    dropped: int = 0  # copies not run: the queue was full, or the candidate was not there
+    agreed: int = 0  # copies whose top-1 class matched the baseline's
+    confidence_difference_sum: float = 0.0  # candidate's top-1 probability minus baseline's
+    explained: int = 0  # copies with both variants' maps
+    map_correlation_sum: float = 0.0
+    top_region_overlap_sum: float = 0.0
+
+
+@dataclass
 class _Running:
     experiment: Experiment
     state: ExperimentState
@@ -109,6 +122,7 @@ class Router:
         self._by_model: dict[str, str] = {}  # model name -> experiment name
         self._totals: dict[tuple[str, Variant], Totals] = collections.defaultdict(Totals)
         self.decisions: collections.Counter = collections.Counter()  # (name, state) -> count
+        self._shadow: dict[str, ShadowTotals] = collections.defaultdict(ShadowTotals)
         self._lock = threading.Lock()  # counters
         self._deciding = threading.RLock()  # decisions and operator actions, one at a time
 
@@ -205,6 +219,28 @@ class Router:
                 counts.correct += right
 
     # -- decisions --------------------------------------------------------------------------
+
+    def shadow_dropped(self, name: str) -> None:
+        with self._lock:
+            self._shadow[name].dropped += 1
+
+    def shadowed(self, name: str, *, agreed: bool, confidence_difference: float,
+                 map_correlation: float | None, top_region_overlap: float | None) -> None:
+        """One shadow copy's comparison with the baseline's answer (``inference.shadow``)."""
+        with self._lock:
+            shadow = self._shadow[name]
+            shadow.mirrored += 1
+            shadow.agreed += agreed
+            shadow.confidence_difference_sum += confidence_difference
+            if map_correlation is not None and top_region_overlap is not None:
+                shadow.explained += 1
+                shadow.map_correlation_sum += map_correlation
+                shadow.top_region_overlap_sum += top_region_overlap
+
+    def shadow_totals(self) -> dict[str, ShadowTotals]:
+        with self._lock:
+            return {name: replace(t) for name, t in self._shadow.items()
+                    if name in self._running}
 
     def totals(self) -> dict[tuple[str, Variant], Totals]:
         """(experiment, variant) -> counts since start, for the running experiments."""

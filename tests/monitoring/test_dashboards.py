@@ -272,7 +272,14 @@ def _fake_exporter(stop: threading.Event):
         "ab_p": Gauge("sightline_ab_sequential_p_value", "", ["experiment"], registry=r),
         "ab_decisions": Counter("sightline_ab_decisions_total", "", ["experiment", "state"],
                                 registry=r),
+        **{f"shadow_{name}": Counter(f"sightline_ab_shadow_{name}_total", "", ["experiment"],
+                                     registry=r)
+           for name in ("mirrored", "dropped", "agreed", "explained")},
+        **{f"shadow_{name}": Gauge(f"sightline_ab_shadow_{name}", "", ["experiment"], registry=r)
+           for name in ("map_correlation", "top_region_overlap")},
     }
+    m["shadow_map_correlation"].labels("shapes-next").set(0.93)
+    m["shadow_top_region_overlap"].labels("shapes-next").set(0.71)
     m["ab_share"].labels("shapes-next").set(0.25)
     m["ab_p"].labels("shapes-next").set(0.4)
     for state in ("running", "promotable", "rolled_back", "halted_srm"):
@@ -316,6 +323,8 @@ def _fake_exporter(stop: threading.Event):
             m["pixels"].labels(model, "3").observe(rng.uniform(1e3, 1e6))
             m["loads"].labels(model, rng.choice(("success", "failure"))).inc(rng.random() < 0.1)
             m["unloads"].labels(model).inc(rng.random() < 0.05)
+        for name, amount in (("mirrored", 4), ("dropped", 0), ("agreed", 3), ("explained", 1)):
+            m[f"shadow_{name}"].labels("shapes-next").inc(amount)
         for variant in ("baseline", "candidate"):
             m["requests"].labels("shapes-next", variant).inc(4)
             m["errors"].labels("shapes-next", variant).inc(rng.random() < 0.05)

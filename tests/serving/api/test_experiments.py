@@ -282,3 +282,47 @@ def test_only_an_operator_token_moves_traffic(repository, deployable, start_serv
             ab.ABStatus(xpb.ABStatusRequest(), timeout=5, metadata=operator)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert ab.SetWeight(weight, timeout=5, metadata=operator).candidate_share == 0.3
+
+
+def test_shadow_copies_compare_the_candidate_and_never_reach_the_client(repository,
+                                                                         deployable,
+                                                                         start_server):
+    deploy(deployable("gap"), repository)  # the same model: they must agree and look alike
+    shadow = experiment(mode="shadow", shadow={"queue_size": 4, "explain_sample": 1.0})
+    del shadow["weights"]
+    server = start(start_server, repository, [shadow])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub, ab = pb_grpc.ImageClassifierStub(channel), xpb_grpc.ExperimentsStub(channel)
+        responses = classify_all(stub, 40)
+        assert {(r.variant, r.model_version) for r in responses} == {("baseline", 1)}
+
+        def status():
+            return ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments[0]
+
+        assert wait_for(lambda: status().shadow.mirrored + status().shadow.dropped == 40)
+        seen = status()
+        assert seen.shadow.mirrored >= 4 and seen.shadow.agreement == 1.0
+        assert seen.shadow.explained == seen.shadow.mirrored
+        assert seen.shadow.mean_map_correlation > 0.99
+        assert seen.shadow.mean_top_region_overlap > 0.9
+        assert seen.candidate.requests == seen.shadow.mirrored and seen.baseline.requests == 40
+        found = samples(scrape(server))
+        assert value(found, "sightline_ab_shadow_mirrored_total",
+                     experiment="gap-next") == seen.shadow.mirrored
+        assert value(found, "sightline_ab_shadow_dropped_total",
+                     experiment="gap-next") == seen.shadow.dropped
+
+
+def test_a_full_shadow_queue_drops_copies_and_slows_no_client(repository, deployable,
+                                                               start_server):
+    deploy(deployable("gap"), repository)
+    shadow = experiment(mode="shadow", shadow={"queue_size": 1, "explain_sample": 1.0})
+    del shadow["weights"]
+    server = start(start_server, repository, [shadow])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub, ab = pb_grpc.ImageClassifierStub(channel), xpb_grpc.ExperimentsStub(channel)
+        futures = [stub.Classify.future(pb.ClassifyRequest(image=image_bytes(i % 8)),
+                                        timeout=20) for i in range(64)]
+        assert all(f.result().variant == "baseline" for f in futures)  # no client error
+        assert wait_for(lambda: ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments[
+            0].shadow.dropped > 0)

@@ -75,7 +75,7 @@ class VariantStatus(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., feedback: _Optional[int] = ..., correct: _Optional[int] = ..., accuracy: _Optional[float] = ..., accuracy_low: _Optional[float] = ..., accuracy_high: _Optional[float] = ..., latency_p99_seconds: _Optional[float] = ...) -> None: ...
 
 class ExperimentStatus(_message.Message):
-    __slots__ = ("name", "model", "mode", "state", "reason", "candidate_share", "step", "baseline", "candidate", "sequential_p_value", "srm_p_value")
+    __slots__ = ("name", "model", "mode", "state", "reason", "candidate_share", "step", "baseline", "candidate", "sequential_p_value", "srm_p_value", "shadow")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class ExperimentStatus(_message.Message):
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     SEQUENTIAL_P_VALUE_FIELD_NUMBER: _ClassVar[int]
     SRM_P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     mode: str
@@ -98,7 +99,26 @@ class ExperimentStatus(_message.Message):
     candidate: VariantStatus
     sequential_p_value: float
     srm_p_value: float
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., candidate_share: _Optional[float] = ..., step: _Optional[int] = ..., baseline: _Optional[_Union[VariantStatus, _Mapping]] = ..., candidate: _Optional[_Union[VariantStatus, _Mapping]] = ..., sequential_p_value: _Optional[float] = ..., srm_p_value: _Optional[float] = ...) -> None: ...
+    shadow: ShadowStatus
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., mode: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., candidate_share: _Optional[float] = ..., step: _Optional[int] = ..., baseline: _Optional[_Union[VariantStatus, _Mapping]] = ..., candidate: _Optional[_Union[VariantStatus, _Mapping]] = ..., sequential_p_value: _Optional[float] = ..., srm_p_value: _Optional[float] = ..., shadow: _Optional[_Union[ShadowStatus, _Mapping]] = ...) -> None: ...
+
+class ShadowStatus(_message.Message):
+    __slots__ = ("mirrored", "dropped", "agreement", "mean_confidence_difference", "explained", "mean_map_correlation", "mean_top_region_overlap")
+    MIRRORED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONFIDENCE_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MAP_CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    MEAN_TOP_REGION_OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    mirrored: int
+    dropped: int
+    agreement: float
+    mean_confidence_difference: float
+    explained: int
+    mean_map_correlation: float
+    mean_top_region_overlap: float
+    def __init__(self, mirrored: _Optional[int] = ..., dropped: _Optional[int] = ..., agreement: _Optional[float] = ..., mean_confidence_difference: _Optional[float] = ..., explained: _Optional[int] = ..., mean_map_correlation: _Optional[float] = ..., mean_top_region_overlap: _Optional[float] = ...) -> None: ...
 
 class ABStatusResponse(_message.Message):
     __slots__ = ("experiments",)
