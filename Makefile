@@ -23,7 +23,7 @@ DEMO_OUT ?= artifacts/demo
 TRITON   := .venv-triton
 
 .PHONY: install system-deps train evaluate quantize report demo test lint clean distclean \
-        bench bench-train bench-quantize bench-server bench-overload bench-decode-memory protos deploy serve tools \
+        bench bench-train bench-quantize bench-server bench-overload bench-decode-memory bench-ab protos deploy serve tools \
         dashboards-preview monitor-up
 
 install: $(STAMP)
@@ -160,7 +160,12 @@ bench-decode-memory: install
 	@test -n "$(BENCH_SMALL)" || { echo "bench-decode-memory: no shapes artifact: make train quantize"; exit 2; }
 	$(BIN)/python benchmarks/bench_decode_memory.py --model $(BENCH_SMALL)
 
-bench: bench-quantize bench-server bench-overload bench-decode-memory
+# What an A/B experiment costs: split against one model, shadow at half capacity, the router.
+bench-ab: install
+	@test -n "$(BENCH_SMALL)" || { echo "bench-ab: no shapes artifact: make train quantize"; exit 2; }
+	$(BIN)/python benchmarks/bench_ab.py --model $(BENCH_SMALL)
+
+bench: bench-quantize bench-server bench-overload bench-decode-memory bench-ab
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

@@ -4,8 +4,11 @@ goes back to the client.
 ``Shadow.offer(route, pixels, result)`` is called by the data plane after the baseline has
 answered. It never blocks and never fails the request: the copy goes into a bounded queue
 (``shadow.queue_size`` of the experiment), and when that is full the copy is dropped and
-counted. One daemon thread runs the copies on the candidate's own batcher, so the candidate
-takes no interpreter time from the baseline beyond the shared cores. For each copy it records,
+counted. One daemon thread runs the copies, one at a time, on interpreters of its own (one per
+variant it mirrors), at a lower CPU priority (nice 10 on Linux), and only while the baseline has
+no request in its batcher: a copy waits a moment for an idle baseline, and one that finds none
+is dropped. So the shadow takes spare capacity only, no serving thread ever runs a copy, and a
+busy server mirrors less rather than answering slower. For each copy it records,
 through the router:
 - top-1 agreement, the confidence difference, and the candidate's latency;
 - for a sampled share (``shadow.explain_sample``), both variants' Grad-CAM maps, their Pearson
@@ -17,18 +20,20 @@ A failure of the candidate is counted as its error and logged; the client never 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
 import time
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
 
-from serving.batching.batcher import BatcherClosed, DeadlineExpired, QueueFull
+from serving.batching.batcher import BatcherClosed, DeadlineExpired, Job, QueueFull
 from serving.cam.faithfulness import map_correlation, top_region_overlap
+from serving.inference.runner import BatchRunner
 from serving.inference.types import BatchOutput, Result
 from serving.repository.manager import ModelManager
 from serving.routing.assignment import Variant
@@ -38,6 +43,9 @@ __all__ = ["Shadow"]
 
 log = logging.getLogger("sightline.shadow")
 WAIT_SECONDS = 10.0  # the most a copy waits for the candidate's batcher
+IDLE_WAIT_SECONDS = 0.05  # how long a copy waits for the baseline to be idle before dropping
+IDLE_POLL_SECONDS = 0.001
+SHADOW_NICENESS = 10  # the shadow thread's, which runs every copy on its own interpreters
 # What stops a copy without saying anything about the candidate: not served, unloading, busy.
 NOT_RUN = (LookupError, QueueFull, DeadlineExpired, BatcherClosed, FutureTimeout,
            CancelledError)
@@ -59,6 +67,7 @@ class Shadow:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._random = random.Random(seed)
+        self._runners: dict[int, BatchRunner] = {}  # servable id -> this thread's interpreter
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
         self._thread.start()
 
@@ -82,6 +91,10 @@ class Shadow:
         self._thread.join(5)
 
     def _run(self) -> None:
+        try:  # Linux: this thread yields a core to the serving threads when both want one
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SHADOW_NICENESS)
+        except (AttributeError, OSError):
+            log.debug("shadow thread runs at normal priority")
         while not self._stop.is_set():
             self._wake.wait()
             self._wake.clear()
@@ -98,6 +111,9 @@ class Shadow:
 
     def _mirror(self, copy: _Copy) -> None:
         experiment = copy.route.experiment
+        if not self._baseline_idle(copy.route):
+            self.router.shadow_dropped(experiment.name)
+            return
         candidate = Route(experiment, Variant.CANDIDATE)
         started = time.perf_counter()
         try:
@@ -130,14 +146,35 @@ class Shadow:
                                                              baseline_top]),
                              map_correlation=correlation, top_region_overlap=overlap)
 
+    def _baseline_idle(self, route: Route) -> bool:
+        """Whether the baseline's batcher is empty now, or becomes so within IDLE_WAIT."""
+        spec = route.experiment.baseline
+        try:
+            batcher = self.manager.get(route.experiment.model, spec.version, spec.label).batcher
+        except LookupError:
+            return True
+        end = time.monotonic() + IDLE_WAIT_SECONDS
+        while batcher is not None and batcher.in_flight:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(IDLE_POLL_SECONDS)
+        return True
+
     def _run_on(self, route: Route, pixels: np.ndarray, explain: bool) -> BatchOutput:
-        """One image on the variant's batcher, held like any request."""
+        """One image on the variant, on this thread's own interpreter for it, held like any
+        request: no batcher of the variant's is used, so no serving thread runs a copy."""
         spec = route.spec
         servable = self.manager.acquire(route.experiment.model, spec.version, spec.label)
         try:
-            future = servable.batcher.submit("explain" if explain else "classify", pixels,
-                                             (None, "gradcam") if explain else None,
-                                             time.monotonic() + WAIT_SECONDS)
-            return future.result(WAIT_SECONDS)
+            key = id(servable)
+            runner = self._runners.get(key)
+            if runner is None:
+                runner = self._runners[key] = BatchRunner(servable, (1,))
+                servable.on_unload.append(lambda: self._runners.pop(key, None))
+            now = time.monotonic()
+            kind = "explain" if explain else "classify"
+            job = Job(kind, pixels, (None, "gradcam") if explain else None, None, Future(), now,
+                      started=now)
+            return runner(kind, [job])[0]
         finally:
             servable.release()

@@ -1,0 +1,163 @@
+"""What an A/B experiment costs, side by side on one server: split against a single model,
+shadow against none at half of capacity, and the router's own CPU per request.
+
+    python benchmarks/bench_ab.py --model ARTIFACT [--rounds 3] [--seconds 3]
+
+The server runs in its own process on a repository holding ``--model`` twice (versions 1 and
+2), and its experiments file is rewritten between phases (it reloads live), so every phase of a
+round runs on the same process, alternating:
+1. throughput of closed-loop clients (``--clients``) with no experiment, then with a 50/50 split
+   of the two versions: the split's cost is the ratio;
+2. p99 latency of paced clients at half of the measured capacity with no experiment, then with
+   shadow mode (every request copied to the candidate, none explained): the ratio is the cost
+   to the primary;
+3. in this process, ``Router.route`` plus ``Router.finished`` (assignment, counting, signing),
+   in microseconds per request.
+Clients run in processes of their own (``burst.run_in_processes``) on the same cores as the
+server. Prints each round, then the median and range of each ratio against its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import burst  # noqa: E402
+from monitoring.local_prometheus import free_port  # noqa: E402
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb  # noqa: E402
+from serving.repository.publish import deploy  # noqa: E402
+from serving.routing.experiment import parse_experiments  # noqa: E402
+from serving.routing.feedback import FeedbackKey, FeedbackKeys  # noqa: E402
+from serving.routing.router import Router  # noqa: E402
+from tests.serving.conftest import image_bytes  # noqa: E402
+
+SPLIT = {"name": "bench-next", "model": "", "baseline": {"version": 1},
+         "candidate": {"version": 2}, "mode": "split",
+         "weights": {"baseline": 0.5, "candidate": 0.5}}
+SHADOW = {**{k: v for k, v in SPLIT.items() if k != "weights"}, "mode": "shadow",
+          "shadow": {"queue_size": 64, "explain_sample": 0.0}}
+
+
+def set_experiments(repository: Path, experiments: list[dict], model: str) -> None:
+    """Rewrite the experiments file atomically and give the server's reload time to see it."""
+    staged = repository / ".experiments.yaml.tmp"
+    staged.write_text(yaml.safe_dump({"experiments": [{**e, "model": model}
+                                                      for e in experiments]}))
+    staged.replace(repository / "experiments.yaml")
+    time.sleep(0.5)  # decide_seconds 0.1: several reloads
+
+
+def paced_p99(target: str, rate: float, seconds: float, request: bytes,
+              threads: int = 8) -> float:
+    """Requests sent at ``rate`` per second in all (an open loop, so latency is not hidden by
+    clients waiting for each other); -> p99 latency in seconds."""
+    latencies, lock = [], threading.Lock()
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(burst.CLASSIFY)
+        interval = threads / rate
+        end = time.monotonic() + seconds
+
+        def client(offset: float) -> None:
+            due = time.monotonic() + offset
+            while due < end:
+                time.sleep(max(0.0, due - time.monotonic()))
+                sent = time.monotonic()
+                call(request, timeout=10)
+                with lock:
+                    latencies.append(time.monotonic() - sent)
+                due += interval
+
+        workers = [threading.Thread(target=client, args=(i * interval / threads,))
+                   for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    return float(np.percentile(latencies, 99))
+
+
+def router_us_per_request(count: int = 50_000) -> float:
+    """Route, count and sign, as the data plane does for every routed request."""
+    router = Router(FeedbackKeys(FeedbackKey.generate()))
+    router.set_experiments(parse_experiments({"experiments": [{**SPLIT, "model": "m"}]}))
+    keys = [f"request-{i}" for i in range(count)]
+    started = time.perf_counter()
+    for key in keys:
+        route = router.route("m", key)
+        router.finished(route, True, 0.001, 3)
+    return (time.perf_counter() - started) / count * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="a quantized artifact")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=2, help="client processes")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    repository = work / "models"
+    deploy(args.model, repository)
+    model = deploy(args.model, repository).parent.name
+    set_experiments(repository, [], model)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", str(repository),
+         "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1",
+         "--drain-seconds", "0", "--version-policy", "all", "--decide-seconds", "0.1"],
+        cwd=ROOT, stderr=(work / "server.log").open("w"))
+    target = f"127.0.0.1:{port}"
+    request = pb.ClassifyRequest(image=image_bytes()).SerializeToString()
+    split_ratios, shadow_ratios = [], []
+    try:
+        with grpc.insecure_channel(target) as channel:
+            channel.unary_unary(burst.CLASSIFY)(request, timeout=60, wait_for_ready=True)
+        burst.run(target, args.clients, 1.0, 5.0, request)  # warm-up
+        for number in range(1, args.rounds + 1):
+            set_experiments(repository, [], model)
+            single = burst.run_in_processes(target, args.clients, args.seconds, 5.0, request,
+                                            processes=args.processes).goodput
+            set_experiments(repository, [SPLIT], model)
+            split = burst.run_in_processes(target, args.clients, args.seconds, 5.0, request,
+                                           processes=args.processes).goodput
+            half = single / 2
+            set_experiments(repository, [], model)
+            alone = paced_p99(target, half, args.seconds, request)
+            set_experiments(repository, [SHADOW], model)
+            shadowed = paced_p99(target, half, args.seconds, request)
+            split_ratios.append(split / single)
+            shadow_ratios.append(shadowed / alone)
+            print(f"round {number}: single {single:,.0f}/s, split {split:,.0f}/s "
+                  f"({split / single:.3f}); at {half:,.0f}/s p99 {alone * 1e3:.2f} ms alone, "
+                  f"{shadowed * 1e3:.2f} ms with shadow ({shadowed / alone:.3f})")
+    finally:
+        server.terminate()
+        server.wait(30)
+    router_us = [router_us_per_request() for _ in range(5)]
+
+    def line(name, values, target):
+        print(f"{name:<40} median {statistics.median(values):8.3f}  "
+              f"range {min(values):.3f}-{max(values):.3f}  {target}")
+
+    line("split throughput / single model", split_ratios, "(target >= 0.95)")
+    line("shadow p99 / none, at half capacity", shadow_ratios, "(target <= 1.10)")
+    line("router us per request (route+count+sign)", router_us, "")
+    print(f"server log: {work / 'server.log'}")
+
+
+if __name__ == "__main__":
+    main()
