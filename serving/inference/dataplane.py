@@ -119,7 +119,7 @@ class Inference:
         servable = route = None
         try:
             rid = request_id_for(request_id)
-            if self.router is not None and version is None and label is None:
+            if version is None and label is None and self.routes:
                 route = self._route(name, rid, metadata)
             if route is not None:
                 servable = self._acquire_variant(route)
@@ -193,7 +193,7 @@ class Inference:
     @property
     def routes(self) -> bool:
         """Whether any experiment runs (the APIs pass the call's headers only then)."""
-        return self.router is not None and bool(self.router.experiments())
+        return self.router is not None and self.router.active
 
     def _route(self, name: str, request_id: str, metadata) -> Route | None:
         model = name or self.default_model()

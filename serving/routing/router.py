@@ -150,6 +150,11 @@ class Router:
     def experiments(self) -> dict[str, Experiment]:
         return {name: r.experiment for name, r in self._running.items()}
 
+    @property
+    def active(self) -> bool:
+        """Whether any experiment runs: the request path's one check when none does."""
+        return bool(self._running)
+
     def state(self, name: str) -> ExperimentState:
         return self._running[name].state
 

@@ -323,3 +323,27 @@ def test_a_full_shadow_queue_drops_copies_and_slows_no_client(repository, deploy
         assert all(f.result().variant == "baseline" for f in futures)  # no client error
         assert wait_for(lambda: ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments[
             0].shadow.dropped > 0)
+
+
+def test_the_cheapest_floods_of_send_feedback_cost_little(repository, deployable, start_server):
+    """The most labels one call may carry, each with a huge id or label: refused one by one
+    without a lookup, each answer clipped; one more label refuses the whole call."""
+    deploy(deployable("gap"), repository)
+    server = start(start_server, repository, [experiment()])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}",
+                               options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        ab = xpb_grpc.ExperimentsStub(channel)
+        huge = "ab1." + "x" * 10_000
+        started = time.perf_counter()
+        sent = ab.SendFeedback(xpb.SendFeedbackRequest(feedback=[
+            xpb.Feedback(feedback_id=huge, true_label="y" * 1_000) for _ in range(1_000)]),
+            timeout=10)
+        assert time.perf_counter() - started < 2.0
+        assert sent.accepted == 0 and {r.reason for r in sent.results} == {"malformed"}
+        assert max(len(r.feedback_id) for r in sent.results) <= 128
+        assert max(len(r.message) for r in sent.results) <= 400
+        with pytest.raises(grpc.RpcError) as refused:
+            ab.SendFeedback(xpb.SendFeedbackRequest(feedback=[
+                xpb.Feedback(feedback_id="x", true_class=0)] * 1_001), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "1,001 labels in one call; at most 1,000" in refused.value.details()
