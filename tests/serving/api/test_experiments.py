@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -16,7 +17,7 @@ from serving.protos_gen.sightline.experiments.v1 import experiments_pb2 as xpb
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2_grpc as xpb_grpc
 from serving.repository.publish import deploy, set_label
 from tests.conftest import ROOT
-from tests.serving.conftest import MODEL, image_bytes, samples, scrape, value
+from tests.serving.conftest import MODEL, broken_copy, image_bytes, samples, scrape, value
 
 GUARDRAILS = {"min_requests": 40, "min_feedback": 40, "max_error_rate_increase": 0.05,
               "max_latency_p99_ratio": 50.0, "alpha": 0.05}
@@ -347,3 +348,80 @@ def test_the_cheapest_floods_of_send_feedback_cost_little(repository, deployable
                 xpb.Feedback(feedback_id="x", true_class=0)] * 1_001), timeout=10)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "1,001 labels in one call; at most 1,000" in refused.value.details()
+
+
+def test_a_candidate_unloaded_or_failing_to_load_mid_experiment_costs_no_request(
+        repository, deployable, start_server, tmp_path):
+    """Under steady load, the candidate's version is deleted, then a copy that cannot load
+    takes its place: every request is answered, by the baseline once the candidate is gone."""
+    deploy(deployable("gap"), repository)
+    server = start(start_server, repository, [experiment()])
+    answered, failed, stop = [], [], threading.Event()
+
+    def client(worker):
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ImageClassifierStub(channel)
+            sent = 0
+            while not stop.is_set():
+                try:
+                    answered.append(stub.Classify(pb.ClassifyRequest(
+                        image=image_bytes(sent % 8), request_id=f"w{worker}-{sent}"),
+                        timeout=10).variant)
+                except grpc.RpcError as exc:
+                    failed.append(f"{exc.code()}: {exc.details()}")
+                sent += 1
+
+    clients = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        assert wait_for(lambda: answered.count("candidate") >= 20)
+        shutil.rmtree(repository / MODEL / "2")  # unloaded while requests are in flight
+        unloaded_at = len(answered)
+        assert wait_for(lambda: len(answered) > unloaded_at + 200
+                        and set(answered[-100:]) == {"baseline"})
+        shutil.copytree(broken_copy(deployable("gap"), tmp_path), repository / MODEL / "2")
+        broken_at = len(answered)
+        assert wait_for(lambda: len(answered) > broken_at + 200)
+        time.sleep(0.5)  # several polls of the repository see the broken version
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+    assert failed == []
+    assert set(answered[broken_at:]) == {"baseline"}
+
+
+def test_a_canary_comes_back_on_its_step_after_a_restart(repository, deployable,
+                                                          start_server):
+    """A canary advances a step on its own checks; a restarted server resumes that step."""
+    deploy(deployable("gap"), repository)  # the same model: the canary's checks pass
+    guard = {**GUARDRAILS, "min_requests": 10, "min_feedback": 10}
+    canary = experiment(mode="canary", guardrails=guard, steps=[
+        {"share": 0.25, "min_samples": 10, "min_seconds": 0},
+        {"share": 0.5, "min_samples": 10**6, "min_seconds": 0}])
+    del canary["weights"]
+    server = start(start_server, repository, [canary])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub, ab = pb_grpc.ImageClassifierStub(channel), xpb_grpc.ExperimentsStub(channel)
+        responses = classify_all(stub, 160)
+        assert 0.1 < sum(r.variant == "candidate" for r in responses) / 160 < 0.4
+        sent = ab.SendFeedback(xpb.SendFeedbackRequest(feedback=[
+            xpb.Feedback(feedback_id=r.feedback_id, true_label=r.classes[0].label)
+            for r in responses]), timeout=10)
+        assert sent.accepted == 160
+
+        def status():
+            return ab.ABStatus(xpb.ABStatusRequest(), timeout=5).experiments[0]
+
+        assert wait_for(lambda: status().step == 1), status().reason
+        assert (status().state, status().candidate_share) == ("running", 0.5)
+    server.stop(grace=1.0, drain=0)
+    again = start_server(repository, version_policy="all", decide_seconds=0.05)
+    with grpc.insecure_channel(f"127.0.0.1:{again.port}") as channel:
+        stub = pb_grpc.ImageClassifierStub(channel)
+        resumed = xpb_grpc.ExperimentsStub(channel).ABStatus(xpb.ABStatusRequest(),
+                                                             timeout=5).experiments[0]
+        assert (resumed.state, resumed.step, resumed.candidate_share) == ("running", 1, 0.5)
+        responses = classify_all(stub, 200)
+        assert 0.35 < sum(r.variant == "candidate" for r in responses) / 200 < 0.65
