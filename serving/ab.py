@@ -4,23 +4,34 @@
     sightline-ab set-weight EXPERIMENT SHARE [--reason TEXT]
     sightline-ab rollback EXPERIMENT [--reason TEXT]
     sightline-ab promote EXPERIMENT [--reason TEXT]
+    sightline-ab controller --prometheus URL --definitions FILE --repository DIR
 
-Each command is one call to ``sightline.experiments.v1.Experiments`` (docs/ab-testing.md), with
-the connection options of ``sightline-classify``. Exit status: 0 done, 1 refused by the server,
-2 bad arguments.
+Each of the first four is one call to ``sightline.experiments.v1.Experiments``
+(docs/ab-testing.md), with the connection options of ``sightline-classify``. ``controller``
+decides the experiments marked ``decided_by: controller`` on the whole fleet's counts in
+Prometheus, until stopped (``--once``: one decision each; ``routing.controller``).
+Exit status: 0 done, 1 refused by the server, 2 bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+import signal
 import sys
+import threading
+from pathlib import Path
 
 import grpc
 
 from serving.client import SightlineClient
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2 as pb
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2_grpc as pb_grpc
+from serving.routing.controller import Controller, PrometheusQuery
+from serving.routing.experiment import ExperimentFile
+from serving.routing.live import STATE_DIRECTORY
+from serving.routing.state import StateStore
 
 __all__ = ["cli", "main", "render"]
 
@@ -59,7 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("experiment")
     for command in (weight, commands.choices["rollback"], commands.choices["promote"]):
         command.add_argument("--reason", default="", help="logged and shown in status")
+    controller = commands.add_parser("controller", help="decide fleet-wide from Prometheus")
+    controller.add_argument("--prometheus", required=True, help="Prometheus' base URL")
+    controller.add_argument("--definitions", required=True, type=Path,
+                            help="the experiments file the servers read")
+    controller.add_argument("--repository", required=True, type=Path,
+                            help="the model repository: states go to its .experiments/")
+    controller.add_argument("--interval-seconds", type=float, default=30.0)
+    controller.add_argument("--once", action="store_true", help="one decision, then exit")
     args = parser.parse_args(argv)
+    if args.command == "controller":
+        return run_controller(args)
     with SightlineClient(args.target, timeout=args.timeout, token=args.token,
                          tls_ca=args.tls_ca) as client:
         stub = pb_grpc.ExperimentsStub(client.channel)
@@ -79,6 +100,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sightline-ab: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
         print(render(answer))
+    return 0
+
+
+def run_controller(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.interval_seconds <= 0:
+        print("sightline-ab: --interval-seconds must be > 0", file=sys.stderr)
+        return 2
+    controller = Controller(ExperimentFile(args.definitions),
+                            StateStore(args.repository / STATE_DIRECTORY),
+                            PrometheusQuery(args.prometheus))
+    if args.once:
+        controller.tick()
+        return 0
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        controller.run(args.interval_seconds, stop=stopping.is_set)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -117,6 +117,12 @@ class ExperimentsService(pb_grpc.ExperimentsServicer):
         if self._promote is None:
             raise FailedPrecondition("no_repository", "this server serves one --model-dir: "
                                      "there is no repository label to move")
+        if self.router.experiments()[name].decided_by == "controller":
+            raise FailedPrecondition("controller", f"experiment {name} is decided by the "
+                                     "fleet's controller (decided_by: controller): point "
+                                     "the baseline's label at the candidate in the shared "
+                                     "repository's labels.json, then end the experiment in "
+                                     "its file")
         state = self.router.state(name).state
         if state.terminal and state is not State.PROMOTABLE:
             raise FailedPrecondition("ended", f"experiment {name} has ended ({state.value}); "

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from serving.card import MODEL_FILE
 from serving.routing.decide import State
+from serving.routing.router import LATENCY_BUCKETS
 from serving.routing.stats import msprt_p_value
 
 __all__ = ["DeferredCollector", "ExperimentsCollector", "StateCollector"]
@@ -134,9 +135,18 @@ class ExperimentsCollector(Collector):
                     [name], totals.map_correlation_sum / totals.explained)
                 means["top_region_overlap"].add_metric(
                     [name], totals.top_region_overlap_sum / totals.explained)
+        latency = HistogramMetricFamily("sightline_ab_latency_seconds", "Latency of the routed "
+                                        "requests that succeeded, by the variant answering.",
+                                        labels=labels)
+        bounds = [*(str(bound) for bound in LATENCY_BUCKETS), "+Inf"]
         for (name, variant), totals in sorted(self.router.totals().items()):
             for field, family in families.items():
                 family.add_metric([name, variant.value], getattr(totals, field))
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, totals.latency_counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            latency.add_metric([name, variant.value], cumulative, totals.latency_sum)
         decided = dict(self.router.decisions)
         for name in sorted(self.router.experiments()):
             current = self.router.state(name)
@@ -147,5 +157,5 @@ class ExperimentsCollector(Collector):
             baseline, candidate = self.router.counts(name)
             p_value.add_metric([name], msprt_p_value(baseline.correct, baseline.feedback,
                                                      candidate.correct, candidate.feedback))
-        yield from (*families.values(), share, state, p_value, decisions, *shadow.values(),
-                    *means.values())
+        yield from (*families.values(), latency, share, state, p_value, decisions,
+                    *shadow.values(), *means.values())

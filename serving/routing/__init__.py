@@ -17,10 +17,15 @@ request and whether a candidate version should keep, gain or lose its share of l
 - ``state``: an experiment's decision state, saved atomically under
   ``<repository>/.experiments/`` so a restart resumes it, and discarded when the definition
   it was decided under changes.
+- ``fleet``: the PromQL that sums every server's ``sightline_ab_*`` counts and latency
+  histogram by variant, and the ``decide.VariantCounts`` its answers make.
+- ``controller``: ``sightline-ab controller``, which decides the experiments marked
+  ``decided_by: controller`` on those fleet-wide counts and saves the state every server adopts.
 
 The rule: this room imports no transport and no metrics library (no grpc, no
 prometheus_client, nothing from ``serving.api`` or ``serving.observe``) and no TensorFlow; the
-standard library, numpy, scipy, PyYAML and ``serving.errors`` only (tests/serving/test_rooms.py,
+standard library (``controller`` asks Prometheus' HTTP API with urllib), numpy, scipy, PyYAML
+and ``serving.errors`` only (tests/serving/test_rooms.py,
 tests/serving/routing/test_imports.py). Its decisions are pure functions of counts and config,
 so the same code judges one process, counts summed across processes, or counts read fleet-wide
 from Prometheus by whoever wires it in.

@@ -18,6 +18,8 @@ caller on one arm, the assignment salt, shadow settings); ``parse_experiments`` 
         guardrails: {min_feedback: 500, alpha: 0.05}  # any of decide.Guardrails' fields
         srm_threshold: 0.001
         shadow: {queue_size: 64, explain_sample: 0.05}
+        decided_by: server              # or controller: `sightline-ab controller` decides
+                                        # on the fleet's summed counts; servers follow
 
 ``to_data`` is the file form back, defaults spelled out; parsing it gives an equal Experiment.
 
@@ -51,15 +53,16 @@ import yaml
 from serving.errors import SHOWN_CHARS, shown
 from serving.routing.decide import CanaryStep, ExperimentConfig, Guardrails, Mode
 
-__all__ = ["NAME_PATTERN", "Experiment", "ExperimentError", "ExperimentFile", "VariantSpec",
-           "load_experiments", "parse_experiments", "to_data"]
+__all__ = ["DECIDERS", "NAME_PATTERN", "Experiment", "ExperimentError", "ExperimentFile",
+           "VariantSpec", "load_experiments", "parse_experiments", "to_data"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DECIDERS = ("server", "controller")  # who runs decide: each server, or the fleet's controller
 STICKY_KEY_PATTERN = re.compile(r"[a-z0-9_.-]+")  # gRPC's rule for a metadata key
 MAX_TEXT_CHARS = 128  # a label or a salt
 MAX_SHADOW_QUEUE = 4096
 _EXPERIMENT_KEYS = ("name", "model", "baseline", "candidate", "mode", "weights", "steps",
-                    "sticky_key", "salt", "guardrails", "srm_threshold", "shadow")
+                    "sticky_key", "salt", "guardrails", "srm_threshold", "shadow", "decided_by")
 _REQUIRED = ("name", "model", "baseline", "candidate", "mode")
 _FILE_KEYS = {"shadow_queue_size": "shadow.queue_size", "explain_sample": "shadow.explain_sample"}
 
@@ -128,8 +131,14 @@ class Experiment:
     salt: str | None = None  # None: the name. A new salt reshuffles every caller's arm
     shadow_queue_size: int = 64  # mirrored requests waiting for the candidate; more are dropped
     explain_sample: float = 0.05  # fraction of mirrored requests also explained
+    # "controller": one `sightline-ab controller` decides on counts summed over the fleet and
+    # writes the state file; each server adopts it instead of deciding on its own share.
+    decided_by: str = "server"
 
     def __post_init__(self) -> None:
+        if self.decided_by not in DECIDERS:
+            raise ExperimentError("decided_by", f"must be one of {', '.join(DECIDERS)}; got "
+                                                f"{_got(self.decided_by)}")
         for field in ("name", "model"):
             value = getattr(self, field)
             if not (isinstance(value, str) and NAME_PATTERN.fullmatch(value)):
@@ -246,7 +255,7 @@ def _variant(value: object, path: str) -> VariantSpec:
 
 def _experiment(value: object, where: str) -> Experiment:
     data = _mapping(value, where, _EXPERIMENT_KEYS, _REQUIRED)
-    options = {key: data[key] for key in ("sticky_key", "salt") if key in data}
+    options = {key: data[key] for key in ("sticky_key", "salt", "decided_by") if key in data}
     shadow = _mapping(data.get("shadow", {}), f"{where}.shadow", ("queue_size", "explain_sample"))
     options.update({"shadow_queue_size" if key == "queue_size" else key: item
                     for key, item in shadow.items()})
@@ -323,6 +332,8 @@ def to_data(experiment: Experiment) -> dict:
                 srm_threshold=config.srm_threshold,
                 shadow={"queue_size": experiment.shadow_queue_size,
                         "explain_sample": experiment.explain_sample})
+    if experiment.decided_by != "server":  # absent by default: older states' digests hold
+        data["decided_by"] = experiment.decided_by
     return data
 
 

@@ -10,7 +10,9 @@ counts per variant. It is the data plane's only door into routing:
 - ``verify(request_id)`` reads what a signed id says was served, and ``label(...)`` counts
   its late true label;
 - ``step(now)`` runs ``decide.decide`` on every experiment's counts, applies and persists a
-  changed decision, and logs it with its reason.
+  changed decision, and logs it with its reason. An experiment ``decided_by: controller`` is
+  not decided here: ``step`` adopts the state the fleet's controller (``routing.controller``)
+  saved, and operator actions on it are refused (they belong to the controller's file).
 
 What it guarantees:
 - Assignment is ``assignment.bucket(salt, key)`` against the state's candidate share: the same
@@ -25,6 +27,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import threading
@@ -42,15 +45,20 @@ from serving.routing.feedback import verify as verify_id
 from serving.routing.state import ExperimentState, StateStore
 from serving.routing.stats import slower_p_value
 
-__all__ = ["ExperimentEnded", "Route", "Router", "ShadowTotals", "Totals"]
+__all__ = ["LATENCY_BUCKETS", "ExperimentEnded", "Route", "Router", "ShadowTotals", "Totals"]
 
 log = logging.getLogger("sightline.routing")
 LATENCY_SAMPLES = 4096  # per variant: the p99 of the last this-many requests
 LABEL_MAX_AGE_SECONDS = 7 * 24 * 3600  # a label later than this is refused as expired
+# Upper bounds of the per-variant latency histogram (sightline_ab_latency_seconds), the
+# fleet controller's p99 and Mann-Whitney test; the same as the request histograms'.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
 
 
 class ExperimentEnded(Exception):
-    """An operator action on an experiment that has ended (rolled back, halted)."""
+    """An operator action on an experiment that has ended (rolled back, halted), or that the
+    fleet's controller decides."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,9 @@ class Totals:
     errors: int = 0
     feedback: int = 0
     correct: int = 0
+    # Successful requests' latencies: counts per LATENCY_BUCKETS bound (the last: above all).
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
 
 
 @dataclass
@@ -144,6 +155,9 @@ class Router:
                 running[name] = _Running(experiment, state)
                 log.info("experiment %s on %s: %s (%s)", name, experiment.model,
                          state.state.value, state.reason or "started")
+            for name in running:  # counters from zero: Prometheus' increase() sees each one
+                for variant in Variant:
+                    self._totals.setdefault((name, variant), Totals())
             self._running = running
             self._by_model = {r.experiment.model: name for name, r in running.items()}
 
@@ -192,6 +206,9 @@ class Router:
                 total = self._totals[route.experiment.name, route.variant]
                 total.requests += 1
                 total.errors += not ok
+                if ok:
+                    total.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                    total.latency_sum += seconds
         if not ok or predicted_class is None:
             return None
         served = Served(route.experiment.name, route.variant.value, predicted_class,
@@ -250,8 +267,8 @@ class Router:
     def totals(self) -> dict[tuple[str, Variant], Totals]:
         """(experiment, variant) -> counts since start, for the running experiments."""
         with self._lock:
-            return {key: replace(t) for key, t in self._totals.items()
-                    if key[0] in self._running}
+            return {key: replace(t, latency_counts=list(t.latency_counts))
+                    for key, t in self._totals.items() if key[0] in self._running}
 
     def counts(self, name: str) -> tuple[VariantCounts, VariantCounts]:
         with self._lock:
@@ -283,6 +300,8 @@ class Router:
 
     def _step(self, name: str, now: float) -> ExperimentState | None:
         running = self._running.get(name)
+        if running is not None and running.experiment.decided_by == "controller":
+            return self._adopt(running)
         if running is None or running.state.state.terminal:
             return None
         state = running.state
@@ -301,6 +320,22 @@ class Router:
         return self._apply(running, decision.state, share, decision.step_index,
                            decision.reason, now)
 
+    def _adopt(self, running: _Running) -> ExperimentState | None:
+        """The controller's latest decision, when it saved one for this definition."""
+        saved = None if self.store is None else self.store.load(running.experiment.name)
+        old = running.state
+        if saved is None or saved.config_digest != old.config_digest or saved == old:
+            return None
+        with self._lock:
+            running.state = saved
+            if saved.step_index != old.step_index or saved.candidate_share != old.candidate_share:
+                running.arms = {v: _Arm() for v in Variant}  # as the controller's window
+            self.decisions[saved.name, saved.state.value] += 1
+        running.last_reason = saved.reason
+        log.info("experiment %s: the controller decided %s, candidate share %.4g (%s)",
+                 saved.name, saved.state.value, saved.candidate_share, saved.reason)
+        return saved
+
     def set_share(self, name: str, share: float, reason: str) -> ExperimentState:
         """An operator's weight (``sightline-ab set-weight``): it holds until a verdict other
         than "keep running" (a rollback, a halt, the next canary step)."""
@@ -314,7 +349,8 @@ class Router:
         router's own "promotable"; nothing else may follow an ended experiment."""
         with self._deciding:
             running = self._running[name]
-            if not (state is State.PROMOTABLE and running.state.state is State.PROMOTABLE):
+            if not (state is State.PROMOTABLE and running.state.state is State.PROMOTABLE
+                    and running.experiment.decided_by == "server"):
                 running = self._live(name)
             share = 1.0 if state is State.PROMOTABLE else 0.0
             return self._apply(running, state, share, running.state.step_index, reason,
@@ -322,6 +358,10 @@ class Router:
 
     def _live(self, name: str) -> _Running:
         running = self._running[name]
+        if running.experiment.decided_by == "controller":
+            raise ExperimentEnded(f"experiment {name} is decided by the fleet's controller "
+                                  "(decided_by: controller): act on it there, not on one "
+                                  "server")
         if running.state.state.terminal:
             raise ExperimentEnded(f"experiment {name} has ended ({running.state.state.value}: "
                                   f"{running.state.reason}); change its definition in the "

@@ -107,6 +107,11 @@ def test_a_broken_candidate_is_rolled_back_by_itself_and_no_client_sees_an_error
               for v in ("baseline", "candidate")}
     assert sum(routed.values()) == 450 and routed["candidate"] == sum(
         r.variant == "candidate" for r in responses)
+    timed = {v: value(found, "sightline_ab_latency_seconds_count", variant=v, **ab)
+             for v in ("baseline", "candidate")}
+    assert timed == routed  # every routed request succeeded, and was timed once
+    assert value(found, "sightline_ab_latency_seconds_bucket", variant="baseline", le="+Inf",
+                 **ab) == routed["baseline"]
     assert value(found, "sightline_ab_feedback_total", variant="baseline", **ab) == value(
         found, "sightline_ab_correct_total", variant="baseline", **ab) > 0
     assert value(found, "sightline_ab_correct_total", variant="candidate", **ab) == 0
