@@ -267,6 +267,8 @@ def _fake_exporter(stop: threading.Event):
         "threshold": Gauge("sightline_drift_threshold", "", ["level"], registry=r),
         **{name: Counter(f"sightline_ab_{name}_total", "", ["experiment", "variant"], registry=r)
            for name in ("requests", "errors", "feedback", "correct")},
+        "ab_latency": Histogram("sightline_ab_latency_seconds", "", ["experiment", "variant"],
+                                registry=r),
         "ab_share": Gauge("sightline_ab_candidate_share", "", ["experiment"], registry=r),
         "ab_state": Gauge("sightline_ab_state", "", ["experiment", "state"], registry=r),
         "ab_p": Gauge("sightline_ab_sequential_p_value", "", ["experiment"], registry=r),
