@@ -85,11 +85,18 @@ def main(argv: list[str] | None = None) -> int:
             from training.data import load_dataset
 
             config = load_config(args.config, args.overrides)
+            if config.strategy == "multiworker":
+                from training.cluster import configure_tf_config
+
+                configure_tf_config()  # in a Kubernetes Indexed Job; a missing variable fails here
             dataset = load_dataset(config.data, config.seed)  # fails fast, before TensorFlow
             from training.train import train
 
             artifact = train(config, args.output, dataset)
-            print(f"artifact written: {artifact}")
+            if artifact is None:
+                print("training done; this worker is not the chief, worker 0 wrote the artifact")
+            else:
+                print(f"artifact written: {artifact}")
         elif args.command == "quantize":
             if not args.artifact.is_dir():
                 raise UserError(f"artifact directory not found: {args.artifact}")

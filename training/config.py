@@ -112,7 +112,9 @@ class Config:
     epochs: int = 10
     batch_size: int = 128
     output_dir: str = "artifacts"
-    strategy: str = "default"  # tf.distribute: default | mirrored | multiworker (reads TF_CONFIG)
+    # tf.distribute: default | mirrored | multiworker (reads TF_CONFIG, or builds it in a
+    # Kubernetes Indexed Job: training/cluster.py); only worker 0 writes the artifact
+    strategy: str = "default"
     precision: str = "float32"  # or mixed_bfloat16 (2-4x faster with AMX), or auto (by CPU flags)
     early_stopping_patience: int = 10  # epochs without val_loss improvement; 0 is off
     tensorboard: bool = True  # scalars, weight histograms and the graph under <artifact>/logs

@@ -5,22 +5,32 @@ dataset, measure its per-channel mean/std (baked into the model's first layer), 
 model, compile it with the configured loss, optimiser and schedule, fit with callbacks
 (TensorBoard, checkpoints, CSV history, early stopping, a progress bar), predict the validation
 split once more, and export everything with the model card.
+
+With several workers (``strategy: multiworker``) every worker runs all of it in step, since
+fit, predict and even variable creation are collective, but only the chief (worker 0) writes
+into the artifact directory. The others write their identical copy to a scratch directory they
+delete at the end, the usual MultiWorkerMirroredStrategy pattern: otherwise two processes would
+write one ``model.keras``, one ``history.csv``, one checkpoint and one TensorBoard log.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from training import models
+from training import cluster, models
 from training.config import Config
 from training.data import Dataset, load_dataset
 from training.data.pipeline import eval_pipeline, train_pipeline
+from training.errors import UserError
 from training.evaluate import classification_metrics, predict
 from training.export import new_artifact_dir, write_artifact
 from training.losses import build_loss
@@ -32,10 +42,17 @@ log = logging.getLogger("sightline.training")
 
 
 def train(config: Config, artifact_dir: Path | None = None,
-          dataset: Dataset | None = None) -> Path:
+          dataset: Dataset | None = None) -> Path | None:
+    """Train and write the artifact; returns its directory, or None on a worker that is not the
+    chief (its scratch copy is gone by then)."""
     keras.utils.set_random_seed(config.seed)
     precision = _set_precision(config.precision)
     strategy = _strategy(config.strategy)
+    worker = _Worker.of(strategy)
+    if worker.count > 1 and config.time_limit_minutes > 0:
+        # Each worker would read its own clock and stop at its own step, and the other would
+        # wait for it in the next all-reduce forever.
+        raise UserError("time_limit_minutes cannot be used with more than one worker")
 
     dataset = dataset or load_dataset(config.data, config.seed)
     mean, std = channel_stats(dataset.train_images)
@@ -57,8 +74,15 @@ def train(config: Config, artifact_dir: Path | None = None,
         )
     log.info("model %s: %s parameters, precision %s, strategy %s",
              config.model.name, f"{model.count_params():,}", precision, config.strategy)
+    log.info("worker %d of %d%s, %d replicas in sync", worker.index, worker.count,
+             " (chief)" if worker.chief else "", strategy.num_replicas_in_sync)
 
-    artifact_dir = artifact_dir or new_artifact_dir(config)
+    scratch = None
+    if worker.chief:
+        artifact_dir = artifact_dir or new_artifact_dir(config)
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix=f"sightline-worker{worker.index}-"))
+        artifact_dir = scratch / config.name
     train_ds = train_pipeline(dataset.train_images, dataset.train_labels,
                               dataset.num_classes, config)
     val_ds = eval_pipeline(dataset.val_images, dataset.val_labels,
@@ -95,9 +119,15 @@ def train(config: Config, artifact_dir: Path | None = None,
             "images_per_second": round(images_per_second, 1),
             "precision": precision,
             "strategy": config.strategy,
+            "workers": worker.count,
+            "replicas_in_sync": int(strategy.num_replicas_in_sync),
             "tta_flip": config.eval.tta_flip,
         },
     )
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        log.info("worker %d done; the chief, worker 0, wrote the artifact", worker.index)
+        return None
     return artifact_dir
 
 
@@ -134,9 +164,54 @@ def _set_precision(requested: str) -> str:
 def _strategy(name: str) -> tf.distribute.Strategy:
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "multiworker":  # reads the cluster from TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "multiworker":
+        # The strategy reads the cluster from TF_CONFIG when it is built; in a Kubernetes
+        # Indexed Job with no TF_CONFIG, training.cluster writes it from the pod's index first.
+        cluster.configure_tf_config()
+        return _MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy with a ``reduce`` that Keras 3's ``fit`` can call.
+
+    Keras 3 (3.15 here) calls ``reduce`` in two ways that work with one worker and fail with
+    several (keras-team/keras#20585, open): on the whole first ``(images, labels)`` batch to
+    learn its shapes, which the collective reduce tries to turn into one tensor ("Attempt to
+    convert a value (PerReplica...)"); and on every step's scalar loss and metrics with
+    ``axis=0``, which a scalar does not have ("Invalid reduction dimension 0"). So reduce a nest
+    one value at a time, and a scalar across replicas only, which is what both calls mean.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        reduce_one = super().reduce
+
+        def one(v):
+            local = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v
+            scalar = getattr(local, "shape", None) is not None and local.shape.rank == 0
+            return reduce_one(reduce_op, v, axis=None if scalar else axis)
+
+        return tf.nest.map_structure(one, value)
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """Which worker this process is: its index, how many there are, and whether it is the chief
+    that writes the artifact. Every strategy but multiworker is one worker, the chief."""
+
+    index: int
+    count: int
+    chief: bool
+
+    @classmethod
+    def of(cls, strategy: tf.distribute.Strategy) -> _Worker:
+        resolver = getattr(strategy, "cluster_resolver", None)
+        if resolver is None or resolver.task_type is None:
+            return cls(0, 1, True)
+        spec = resolver.cluster_spec().as_dict()
+        count = sum(len(spec.get(job, [])) for job in ("chief", "worker"))
+        index = int(resolver.task_id or 0)
+        return cls(index, max(count, 1), cluster.is_chief(resolver.task_type, index, spec))
 
 
 class _LearningRateLog(keras.callbacks.Callback):

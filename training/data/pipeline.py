@@ -4,6 +4,12 @@ Images travel as float32 raw pixels (N, S, S, 3) in [0, 255]; labels as one-hot 
 (N, classes) so Mixup and CutMix can blend them. Augmentation runs on whole batches, in
 parallel with training (``num_parallel_calls``, ``prefetch``), with per-batch seeds from
 ``tf.data.Dataset.random`` so a seeded run repeats.
+
+Under ``MultiWorkerMirroredStrategy`` each worker builds the same pipeline from the same
+arrays, and the strategy shards it by element (``AutoShardPolicy.DATA``): every global batch is
+split between the workers, so each trains on its own part and all take the same number of
+steps. The default policy (AUTO) would first look for files to shard, find an in-memory
+dataset, and fall back to DATA with a warning on every run.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 def _slices(images: np.ndarray, labels: np.ndarray, num_classes: int) -> tf.data.Dataset:
     onehot = np.eye(num_classes, dtype=np.float32)[labels]
-    return tf.data.Dataset.from_tensor_slices((images, onehot))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return tf.data.Dataset.from_tensor_slices((images, onehot)).with_options(options)
 
 
 def _to_float(images, labels):
