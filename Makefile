@@ -24,7 +24,7 @@ TRITON   := .venv-triton
 
 .PHONY: install system-deps train evaluate quantize report demo test lint clean distclean \
         bench bench-train bench-quantize bench-server bench-overload bench-decode-memory bench-ab protos deploy serve tools \
-        dashboards-preview monitor-up
+        dashboards-preview monitor-up serve-venv k8s-validate k8s-apply
 
 install: $(STAMP)
 
@@ -112,8 +112,11 @@ monitor-up: system-deps
 	prometheus --config.file=monitoring/prometheus/prometheus.yml \
 	    --storage.tsdb.path=artifacts/prometheus --web.listen-address=127.0.0.1:9090
 
-# Test-only tools that cannot share the main venv: tritonclient pins protobuf < 7.
-tools: $(TRITON)/.installed
+# Test-only tools that cannot share the main venv: tritonclient pins protobuf < 7; checkov's
+# dependencies would fight the main venv's.
+K8S_TOOLS := .venv-k8s
+OVERLAY   ?= dev
+tools: $(TRITON)/.installed $(K8S_TOOLS)/.installed
 
 $(TRITON)/.installed:
 	test -x $(TRITON)/bin/python || $(PYTHON) -m venv $(TRITON)
@@ -121,11 +124,36 @@ $(TRITON)/.installed:
 	    'tritonclient[grpc]==2.73.0'
 	touch $@
 
-test: install system-deps tools
+# kubernetes-validate, checkov and the custom resources' schema models (tests/k8s). Every
+# package is pinned in the file, so --no-deps installs exactly that set (and kserve without its
+# model server's dependencies).
+$(K8S_TOOLS)/.installed: k8s/tools-requirements.txt
+	test -x $(K8S_TOOLS)/bin/python || $(PYTHON) -m venv $(K8S_TOOLS)
+	$(K8S_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	    -r k8s/tools-requirements.txt
+	touch $@
+
+# The serving image's dependency set and nothing more (tests/docker/test_serve_only.py), made
+# afresh when pyproject.toml changes: pip never removes what an extra stopped listing. A Python
+# every user can read: tests/docker/test_unprivileged.py runs it as uid 10001, and a venv made
+# from a Python under a private home (pyenv's in /root) cannot start as that user.
+SERVE_VENV   := .venv-serve
+SERVE_PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11 /usr/local/bin/python3.11) $(PYTHON))
+SERVE_STAMP  := $(SERVE_VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+PYTEST_PIN   := $(shell sed -n 's/.*"\(pytest==[^"]*\)".*/\1/p' pyproject.toml)
+serve-venv: $(SERVE_STAMP)
+
+$(SERVE_STAMP): pyproject.toml
+	rm -rf $(SERVE_VENV) && $(SERVE_PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	    -e '.[serve]' '$(PYTEST_PIN)'
+	touch $@
+
+test: install system-deps tools serve-venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check training serving tests benchmarks monitoring
+	$(BIN)/ruff check training serving tests benchmarks monitoring k8s
 
 # CIFAR-10 accuracy in bounded time on this machine's CPU (see docs/benchmarks.md).
 bench-train: install
@@ -167,9 +195,26 @@ bench-ab: install
 
 bench: bench-quantize bench-server bench-overload bench-decode-memory bench-ab
 
+# Offline: kubectl kustomize on every kustomization under k8s/, kubernetes-validate --strict
+# for Kubernetes 1.29-1.33, the custom resources against their CRD models, checkov against the
+# skips k8s/README.md lists, the generated monitoring files against monitoring/.
+k8s-validate: install $(K8S_TOOLS)/.installed
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/k8s
+
+# The namespace and its Secrets first (so no pod waits on a missing volume), then the overlay.
+k8s-apply:
+	@test -f k8s/overlays/$(OVERLAY)/kustomization.yaml || { \
+	    echo "k8s-apply: no overlay k8s/overlays/$(OVERLAY): use OVERLAY=dev, prod or canary"; exit 2; }
+	@kubectl version --request-timeout=5s >/dev/null 2>&1 || { \
+	    echo "k8s-apply: kubectl reaches no cluster (context: $$(kubectl config current-context 2>/dev/null || echo none));" \
+	         "set KUBECONFIG or run kubectl config use-context"; exit 2; }
+	kubectl apply -f k8s/base/namespace.yaml
+	k8s/tools/ensure-secrets.sh sightline
+	kubectl apply -k k8s/overlays/$(OVERLAY)
+
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) $(TRITON) $(MODELS) *.egg-info
+	rm -rf $(VENV) $(TRITON) $(K8S_TOOLS) $(SERVE_VENV) $(MODELS) *.egg-info
