@@ -22,14 +22,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from serving.image.decode import REASONS as DECODE_REASONS
 from serving.observe.collectors import DeferredCollector, ExperimentsCollector, StateCollector
 from serving.observe.deferred import DeferredCounter, DeferredHistogram
+from serving.routing.router import LATENCY_BUCKETS
 
 __all__ = ["ServingMetrics", "SLO_SECONDS"]
 
 NAN = float("nan")
 LIMIT = 50_000  # log entries before a writer folds them itself: bounded memory without scrapes
 SLO_SECONDS = 0.1  # the latency SLO: a bucket boundary in every latency histogram
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, SLO_SECONDS, 0.25, 0.5, 1.0,
-                   2.5, 5.0, 10.0)
+# One set of bounds for every latency histogram, the A/B router's per-variant one included
+# (the routing room keeps it, since it may not import this one).
+assert SLO_SECONDS in LATENCY_BUCKETS
 STAGES = ("decode", "queue", "inference", "explain", "total")
 REJECTION_REASONS = ("queue_full", "deadline", "cancelled", "not_ready", "closing", "bad_input",
                      "unknown_model", "unauthenticated", "busy", "would_miss_deadline")

@@ -50,8 +50,9 @@ __all__ = ["LATENCY_BUCKETS", "ExperimentEnded", "Route", "Router", "ShadowTotal
 log = logging.getLogger("sightline.routing")
 LATENCY_SAMPLES = 4096  # per variant: the p99 of the last this-many requests
 LABEL_MAX_AGE_SECONDS = 7 * 24 * 3600  # a label later than this is refused as expired
-# Upper bounds of the per-variant latency histogram (sightline_ab_latency_seconds), the
-# fleet controller's p99 and Mann-Whitney test; the same as the request histograms'.
+# Upper bounds of every latency histogram: the request histograms (observe.metrics) and the
+# per-variant one (sightline_ab_latency_seconds) that the fleet controller's p99 and
+# Mann-Whitney test read. 0.1 s, the latency SLO, must stay a bound.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 
