@@ -171,9 +171,13 @@ class Admission(grpc.ServerInterceptor):
 
     def wait_quiet(self, quiet: float, timeout: float) -> bool:
         """After ``close``: wait until no call has been refused for ``quiet`` seconds, so that
-        every call gRPC had queued has had its UNAVAILABLE; False if calls keep coming."""
-        end = time.monotonic() + timeout
-        while (since := time.monotonic() - self._last_refusal) < quiet:
+        every call gRPC had queued has had its UNAVAILABLE; False if calls keep coming. Quiet
+        counts from this call at the earliest: a call that reached gRPC just before it may not
+        have been handed to the interceptor yet (its polling thread waits for the GIL), and
+        gRPC's stop would cancel it."""
+        start = time.monotonic()
+        end = start + timeout
+        while (since := time.monotonic() - max(self._last_refusal, start)) < quiet:
             if time.monotonic() + quiet - since > end:
                 return False
             time.sleep(quiet - since)

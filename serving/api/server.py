@@ -301,15 +301,20 @@ def _interceptors(tokens: list[bytes] | None, admin_tokens: list[bytes] | None,
 
 
 def _bind(grpc_server: grpc.Server, address: str, config: ServerConfig) -> int:
-    if not config.tls_cert:
-        port = grpc_server.add_insecure_port(address)
-    else:
-        key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
-        client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
-        credentials = grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=client_ca,
-            require_client_auth=client_ca is not None)
-        port = grpc_server.add_secure_port(address, credentials)
+    """The bound port; ConfigError when the address cannot be listened on (older grpcio
+    returned port 0, 1.85 raises RuntimeError)."""
+    try:
+        if not config.tls_cert:
+            port = grpc_server.add_insecure_port(address)
+        else:
+            key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
+            client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=client_ca,
+                require_client_auth=client_ca is not None)
+            port = grpc_server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {address} (in use?): {exc}") from None
     if port == 0:
         raise ConfigError(f"cannot listen on {address} (in use?)")
     return port
