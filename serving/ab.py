@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     controller.add_argument("--repository", required=True, type=Path,
                             help="the model repository: states go to its .experiments/")
     controller.add_argument("--interval-seconds", type=float, default=30.0)
+    controller.add_argument(
+        "--min-window-seconds", type=float, default=150.0,
+        help="decide only on counts over at least this long (ten scrapes at 15 s): increase() "
+             "over a few scrapes overcounts")
     controller.add_argument("--once", action="store_true", help="one decision, then exit")
     args = parser.parse_args(argv)
     if args.command == "controller":
@@ -105,12 +109,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_controller(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.interval_seconds <= 0:
-        print("sightline-ab: --interval-seconds must be > 0", file=sys.stderr)
+    if args.interval_seconds <= 0 or args.min_window_seconds < 0:
+        print("sightline-ab: --interval-seconds must be > 0 and --min-window-seconds >= 0",
+              file=sys.stderr)
         return 2
     controller = Controller(ExperimentFile(args.definitions),
                             StateStore(args.repository / STATE_DIRECTORY),
-                            PrometheusQuery(args.prometheus))
+                            PrometheusQuery(args.prometheus),
+                            min_window_seconds=args.min_window_seconds)
     if args.once:
         controller.tick()
         return 0

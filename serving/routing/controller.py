@@ -14,6 +14,8 @@ Who calls it: ``sightline-ab controller`` (``serving.ab``), one replica per flee
 What it guarantees:
 - The servers never decide a controlled experiment, and the controller decides nothing else.
 - A new experiment's state is saved at once, so its window starts then for every reader.
+- No decision on a window shorter than ``min_window_seconds``: ``increase()`` extrapolates a
+  window of a few scrapes by tens of percent, enough to reach ``min_requests`` early.
 - A terminal state is never changed (as ``decide`` guarantees); changing the definition starts
   the experiment afresh (as ``StateStore.restore`` guarantees).
 - A Prometheus that cannot be reached or answers an error decides nothing for that tick: the
@@ -65,9 +67,10 @@ class PrometheusQuery:
 
 class Controller:
     def __init__(self, definitions: ExperimentFile, store: StateStore,
-                 query: Callable[[str], list[dict]], *,
+                 query: Callable[[str], list[dict]], *, min_window_seconds: float = 0.0,
                  clock: Callable[[], float] = time.time):
         self.definitions = definitions
+        self.min_window_seconds = min_window_seconds
         self.store = store
         self.query = query
         self.clock = clock
@@ -108,6 +111,10 @@ class Controller:
             log.info("experiment %s on %s: %s (%s)", experiment.name, experiment.model,
                      state.state.value, state.reason)
         if state.state.terminal:
+            return None
+        if now - state.updated_at < self.min_window_seconds:
+            log.debug("experiment %s: window of %.0fs, shorter than %gs: not deciding yet",
+                      experiment.name, now - state.updated_at, self.min_window_seconds)
             return None
         # Every saved decision of a running experiment changed its share or step, and a
         # server judges a share's or a step's own traffic: the window starts at the last one.

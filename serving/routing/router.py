@@ -329,8 +329,11 @@ class Router:
             return None
         with self._lock:
             running.state = saved
-            if saved.step_index != old.step_index or saved.candidate_share != old.candidate_share:
+            moved = (saved.step_index, saved.candidate_share) != (
+                old.step_index, old.candidate_share)
+            if saved.state is State.RUNNING and moved:
                 running.arms = {v: _Arm() for v in Variant}  # as the controller's window
+            # an ended experiment keeps the counts it ended on, for its status, as in _apply
             self.decisions[saved.name, saved.state.value] += 1
         running.last_reason = saved.reason
         log.info("experiment %s: the controller decided %s, candidate share %.4g (%s)",

@@ -100,8 +100,10 @@ def test_a_broken_candidate_is_rolled_back_on_the_fleet_counts_and_every_router_
     assert [(s.state, s.candidate_share) for s in changed] == [("rolled_back", 0.0)]
     assert "candidate worse" in changed[0].reason
     for router in routers:
+        requests_seen = router.counts("pets-next")[1].requests
         (adopted,) = router.step()
         assert adopted == changed[0] and router.reason("pets-next") == changed[0].reason
+        assert router.counts("pets-next")[1].requests == requests_seen > 0  # kept, for status
         assert {router.route("pets", f"user-{i}").variant for i in range(50)} == {
             Variant.BASELINE}
         assert router.decisions["pets-next", "rolled_back"] == 1
@@ -139,3 +141,14 @@ def test_the_controller_leaves_experiments_that_servers_decide(fleet):
     define(decided_by="server")
     assert controller.tick() == []
     assert store.load("pets-next") is None
+
+
+def test_no_decision_on_a_window_shorter_than_the_minimum(fleet):
+    routers, controller, _, store, _ = fleet
+    controller.min_window_seconds = 60.0
+    assert controller.tick() == []  # the window opens
+    serve_with_labels(routers, 150, candidate_right=False)
+    controller.clock.now += 59.0
+    assert controller.tick() == [] and store.load("pets-next").state == "running"
+    controller.clock.now += 1.0
+    assert [s.state for s in controller.tick()] == ["rolled_back"]
