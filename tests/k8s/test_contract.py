@@ -28,7 +28,8 @@ NAMESPACE = "sightline"
 SHUTDOWN_MARGIN = 5  # seconds to stop gRPC and unload after the grace (docs/shutdown.md)
 CONTROLLER_ARGS = ["controller", "--prometheus", "http://prometheus-operated.monitoring.svc:9090",
                    "--definitions", "/etc/sightline/experiments/experiments.yaml",
-                   "--repository", "/models", "--interval-seconds", "30"]
+                   "--repository", "/models", "--interval-seconds", "30",
+                   "--min-window-seconds", "150"]
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
                   "StorageClass", "PriorityClass", "CustomResourceDefinition"}
 pytestmark = needs_kubectl
