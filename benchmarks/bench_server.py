@@ -182,10 +182,31 @@ def raw_cpu_per_image(raw: dict, batch_sizes: list[int]) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of the process, from /proc/<pid>/stat."""
+    """utime + stime of every thread of the process and of its live child processes (the
+    workers of ``--processes``), from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return (int(fields[11]) + int(fields[12])) / _TICK + sum(
+        _cpu_seconds_or_zero(child) for child in children(pid))
+
+
+def _cpu_seconds_or_zero(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except OSError:  # a child that ended between the listing and the read
+        return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (/proc/<pid>/task/<tid>/children)."""
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+    except OSError:  # ended meanwhile
+        pass
+    return found
 
 
 def machine_busy_seconds() -> tuple[float, float]:
@@ -272,11 +293,12 @@ class ServerProcess:
 class LoadGen:
     """One ``loadgen.py`` process: a JSON command in on stdin, a JSON reply out on stdout."""
 
-    def __init__(self, address: str, api: str, requests_file: Path, log_file: Path):
+    def __init__(self, address: str, api: str, requests_file: Path, log_file: Path,
+                 connections: int = 1):
         self._log = open(log_file, "w")
         self.proc = subprocess.Popen(
             [sys.executable, str(LOADGEN), "--target", address, "--api", api,
-             "--requests", str(requests_file)],
+             "--requests", str(requests_file), "--connections", str(connections)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT)
         self.log_file = log_file
         self.reply()  # {"ready": true} once its channel is connected

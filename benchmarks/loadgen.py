@@ -17,6 +17,9 @@ answer that arrived inside the window (the throughput count).
 
 - unary: ``concurrency`` threads, each making blocking calls back to back on one shared channel;
 - stream: one bidi stream holding ``concurrency`` requests in flight; a response frees a slot.
+With ``--connections K`` the concurrency is split over K channels, each its own connection
+(K streams in stream mode), as K clients would: a server of several processes shares out
+connections, not calls.
 
 Requests are serialized once up front (``FILE``: a pickled {"plain": [bytes], "heatmap":
 [bytes]} of ``ClassifyRequest`` messages); a stream's request_id is appended as raw protobuf
@@ -157,11 +160,30 @@ def run_stream(channel: grpc.Channel, api: str, messages: list[bytes], concurren
         print(f"loadgen: stream failed: {exc}", file=sys.stderr)
 
 
-def drive(target: str, api: str, requests_file: Path) -> None:
+def run_on_channels(channels: list[grpc.Channel], mode: str, api: str, messages: list[bytes],
+                    concurrency: int, window: _Window) -> None:
+    """The command's concurrency split over the channels (connections), one thread each."""
+    run = run_unary if mode == "unary" else run_stream
+    shares = [concurrency // len(channels) + (i < concurrency % len(channels))
+              for i in range(len(channels))]
+    threads = [threading.Thread(target=run, args=(channel, api, messages, share, window),
+                                daemon=True)
+               for channel, share in zip(channels, shares, strict=True) if share]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def drive(target: str, api: str, requests_file: Path, connections: int = 1) -> None:
     with open(requests_file, "rb") as f:
         requests = pickle.load(f)  # written by bench_server.py, this machine's own file
-    channel = grpc.insecure_channel(target)
-    grpc.channel_ready_future(channel).result(timeout=30)
+    # A local subchannel pool each: channels to one target would otherwise share a connection,
+    # and SO_REUSEPORT spreads connections, not calls, over a server's processes.
+    channels = [grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(connections)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=30)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
@@ -169,11 +191,12 @@ def drive(target: str, api: str, requests_file: Path) -> None:
             break
         window = _Window(command["start"], command["stop"])
         messages = requests["heatmap" if command["heatmap"] else "plain"]
-        run = run_unary if command["mode"] == "unary" else run_stream
-        run(channel, api, messages, command["concurrency"], window)
+        run_on_channels(channels, command["mode"], api, messages, command["concurrency"],
+                        window)
         print(json.dumps({"samples": window.samples, "completed": window.completed,
                           "errors": window.errors}), flush=True)
-    channel.close()
+    for channel in channels:
+        channel.close()
 
 
 def serve_echo(port: int, threads: int) -> None:
@@ -205,11 +228,13 @@ def main() -> None:
     parser.add_argument("--serve-echo", action="store_true", help="run the echo server instead")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--threads", type=int, default=128, help="echo server handler threads")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="channels, each its own connection, sharing the load")
     args = parser.parse_args()
     if args.serve_echo:
         serve_echo(args.port, args.threads)
     elif args.target and args.requests:
-        drive(args.target, args.api, args.requests)
+        drive(args.target, args.api, args.requests, args.connections)
     else:
         parser.error("give --target and --requests, or --serve-echo --port N")
 

@@ -28,7 +28,7 @@ import grpc
 from serving.client import SightlineClient
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2 as pb
 from serving.protos_gen.sightline.experiments.v1 import experiments_pb2_grpc as pb_grpc
-from serving.routing.controller import Controller, PrometheusQuery
+from serving.routing.controller import Controller, PrometheusQuery, prometheus_counts
 from serving.routing.experiment import ExperimentFile
 from serving.routing.live import STATE_DIRECTORY
 from serving.routing.state import StateStore
@@ -115,7 +115,7 @@ def run_controller(args: argparse.Namespace) -> int:
         return 2
     controller = Controller(ExperimentFile(args.definitions),
                             StateStore(args.repository / STATE_DIRECTORY),
-                            PrometheusQuery(args.prometheus),
+                            prometheus_counts(PrometheusQuery(args.prometheus)),
                             min_window_seconds=args.min_window_seconds)
     if args.once:
         controller.tick()

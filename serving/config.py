@@ -45,6 +45,9 @@ class ServerConfig:
 
     host: str = "[::]"
     port: int = 8500
+    # Server processes sharing the port (SO_REUSEPORT; serving/api/processes.py); 0: one per
+    # core. Each runs a whole server; metrics, health and shutdown stay the server's as one.
+    processes: int = 1
     # Handler threads (docs/limits.md): unary calls past grpc_threads in flight and streams past
     # max_streams open get RESOURCE_EXHAUSTED at once; health checks keep threads of their own.
     grpc_threads: int = 128  # the most unary calls in flight
@@ -124,6 +127,8 @@ class ServerConfig:
         for name in ("drain_seconds", "grace_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.processes < 0:
+            raise ConfigError(f"processes must be >= 0 (0: one per core); got {self.processes}")
         if self.max_concurrent_decodes < 0:
             raise ConfigError(f"max_concurrent_decodes must be >= 0; got "
                               f"{self.max_concurrent_decodes}")
@@ -136,8 +141,13 @@ class ServerConfig:
             raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
 
     @property
+    def process_count(self) -> int:
+        return self.processes or os.cpu_count() or 1
+
+    @property
     def worker_count(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        """Interpreter threads per version in each process: the cores shared among them."""
+        return self.workers or max(1, (os.cpu_count() or 1) // self.process_count)
 
     @property
     def batch_policy(self) -> BatchPolicy:

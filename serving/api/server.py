@@ -15,11 +15,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from serving.api import experiments as experiments_module
 from serving.api import oip
 from serving.api.admission import Admission, AdmittedExecutor
 from serving.api.auth import BearerTokenInterceptor, read_tokens
+from serving.api.processes import serve_processes
 from serving.config import ConfigError, ServerConfig, load_config
 from serving.errors import FailedPrecondition
 from serving.image.decode import DecodeLimits
@@ -50,6 +53,7 @@ from serving.repository.manager import ModelManager
 from serving.repository.policy import parse_policy
 from serving.repository.publish import DeployError, set_label
 from serving.repository.source import DirectorySource
+from serving.routing.feedback import FeedbackKey
 from serving.routing.live import LiveExperiments
 from serving.runtime.interpreter import TFLiteModel
 
@@ -59,6 +63,7 @@ log = logging.getLogger("sightline.server")
 SERVICES = ("", classifier_module.SERVICE_NAME, oip.SERVICE_NAME,
             experiments_module.SERVICE_NAME)  # "": the server as a whole
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+SHUTDOWN_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 QUIET_SECONDS = 0.1  # shutdown: no refused call for this long means gRPC's queue is empty
 COMPRESSION = {"none": grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip,
                "deflate": grpc.Compression.Deflate}
@@ -176,9 +181,11 @@ class Server:
 
 
 def create_server(config: ServerConfig, port: int | None = None,
-                  registry: CollectorRegistry | None = None) -> Server:
+                  registry: CollectorRegistry | None = None,
+                  feedback_key: FeedbackKey | None = None) -> Server:
     """Load the models and build the server (not started). ``port`` 0 picks a free port;
-    ``registry`` (default: a new one) receives the metrics."""
+    ``registry`` (default: a new one) receives the metrics; ``feedback_key`` (default: the
+    config's file, else one made here) signs request ids."""
     metrics = (ServingMetrics(registry, low_confidence=config.low_confidence,
                               drift_warn=config.drift_warn, drift_alert=config.drift_alert)
                if config.metrics_port >= 0 else None)
@@ -199,7 +206,7 @@ def create_server(config: ServerConfig, port: int | None = None,
         manager = ModelManager(loader=loader, on_event=on_event)
         source = DirectorySource(config.model_repository, _policy(config),
                                  interval_seconds=config.poll_seconds)
-    experiments = LiveExperiments.build(config)
+    experiments = LiveExperiments.build(config, feedback_key)
     shadow = Shadow(manager, experiments.router)
     inference = Inference(
         manager, default_model=config.default_model, observer=metrics or NO_OBSERVER,
@@ -287,7 +294,8 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.max_connection_age_ms", ms(config.max_connection_age_seconds)),
         ("grpc.max_connection_age_grace_ms", ms(config.max_connection_age_grace_seconds)),
-        ("grpc.so_reuseport", 0),  # a second server on the same port is an error, not a split
+        # A second server on the same port is an error, not a split, unless it is one of ours.
+        ("grpc.so_reuseport", int(config.process_count > 1)),
     ]
 
 
@@ -320,19 +328,39 @@ def _bind(grpc_server: grpc.Server, address: str, config: ServerConfig) -> int:
     return port
 
 
-def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    server = create_server(config)
+def serve(config: ServerConfig, feedback_key: FeedbackKey | None = None,
+          on_metrics_port: Callable[[int], None] | None = None) -> None:
+    """Run one server process until SIGTERM or SIGINT, then shut down gracefully.
+    ``on_metrics_port`` is told the bound metrics port once serving (``processes``).
+
+    The signal handlers do nothing themselves: Python writes each signal's number to a wakeup
+    pipe, and one thread reads it and acts. A handler runs in the main thread between any two
+    bytecodes, and one that set an Event while the main thread was inside that Event's own
+    wait would deadlock on its lock (a second SIGTERM that never ends the drain)."""
+    server = create_server(config, feedback_key=feedback_key)
     stop = threading.Event()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end)
+    for signum in SHUTDOWN_SIGNALS:
+        signal.signal(signum, lambda *_: None)
 
-    def on_signal(*_) -> None:
-        if stop.is_set():
-            server.hurry()  # a second signal: skip what is left of the drain delay
-        stop.set()
+    def take_signals() -> None:
+        taken = 0
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while taken < 2 and (byte := pipe.read(1)):
+                if byte[0] not in SHUTDOWN_SIGNALS:
+                    continue
+                taken += 1
+                if taken == 1:
+                    stop.set()
+                else:
+                    server.hurry()  # a second signal: skip what is left of the drain delay
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
+    threading.Thread(target=take_signals, name="signals", daemon=True).start()
     server.start()
+    if on_metrics_port is not None:
+        on_metrics_port(server.metrics_port or 0)
     try:
         stop.wait()
     finally:
@@ -350,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     # Decode refuses bombs itself; as errors, Pillow's warnings also stop filling its registry.
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     try:
+        if config.process_count > 1:
+            raise SystemExit(serve_processes(config, serve))
         serve(config)
     except (ConfigError, LoadError, OSError) as exc:
         log.error("cannot serve: %s", exc)

@@ -77,7 +77,7 @@ class ServingMetrics:
         self.input_bytes = DeferredHistogram(
             "sightline_input_bytes", "Encoded size of request images, bytes.",
             ("model", "version"),
-            tuple(1024 * 4**i for i in range(8)) + (16 * 1024 * 1024,))
+            tuple(1024 * 4**i for i in range(8)))  # 1 KiB to 16 MiB, decode's default limit
         self.input_pixels = DeferredHistogram(
             "sightline_input_pixels", "Width x height of request images as sent.",
             ("model", "version"),

@@ -32,14 +32,15 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
-from serving.routing.decide import decide
+from serving.routing.decide import State, VariantCounts, decide
 from serving.routing.experiment import Experiment, ExperimentFile
 from serving.routing.fleet import fleet_counts, queries
 from serving.routing.state import ExperimentState, StateStore
 
-__all__ = ["Controller", "PrometheusError", "PrometheusQuery"]
+__all__ = ["Controller", "Counts", "PrometheusError", "PrometheusQuery", "prometheus_counts"]
 
 log = logging.getLogger("sightline.routing")
+Counts = Callable[[Experiment, float, float], tuple[VariantCounts, VariantCounts]]
 
 
 class PrometheusError(Exception):
@@ -65,14 +66,29 @@ class PrometheusQuery:
         return answer["data"]["result"]
 
 
+def prometheus_counts(query: Callable[[str], list[dict]]) -> Counts:
+    """The fleet's counts over a window, from Prometheus (``routing.fleet``'s queries)."""
+    def counts(experiment: Experiment, since: float, now: float):
+        return fleet_counts({what: query(expr)
+                             for what, expr in queries(experiment, now - since).items()})
+    return counts
+
+
 class Controller:
-    def __init__(self, definitions: ExperimentFile, store: StateStore,
-                 query: Callable[[str], list[dict]], *, min_window_seconds: float = 0.0,
+    """``counts(experiment, since, now) -> (baseline, candidate)``: the counts to judge, from
+    Prometheus (``prometheus_counts``) or from a server's own processes
+    (``processes.LocalCounts``); ``decides``: which experiments are this controller's
+    (``decided_by: controller`` for the fleet's, ``server`` for the supervisor of
+    ``--processes``, whose workers never decide by themselves)."""
+
+    def __init__(self, definitions: ExperimentFile, store: StateStore, counts: Counts, *,
+                 decides: str = "controller", min_window_seconds: float = 0.0,
                  clock: Callable[[], float] = time.time):
         self.definitions = definitions
-        self.min_window_seconds = min_window_seconds
         self.store = store
-        self.query = query
+        self.counts = counts
+        self.decides = decides
+        self.min_window_seconds = min_window_seconds
         self.clock = clock
         self.reasons: dict[str, str] = {}  # the latest decision's words, changed or not
 
@@ -81,7 +97,7 @@ class Controller:
         self.definitions.poll()
         changed = []
         for experiment in self.definitions.current.values():
-            if experiment.decided_by != "controller":
+            if experiment.decided_by != self.decides:
                 continue
             try:
                 new = self._decide(experiment)
@@ -118,24 +134,28 @@ class Controller:
             return None
         # Every saved decision of a running experiment changed its share or step, and a
         # server judges a share's or a step's own traffic: the window starts at the last one.
-        answers = {what: self.query(expr)
-                   for what, expr in queries(experiment, now - state.updated_at).items()}
-        baseline, candidate = fleet_counts(answers)
+        baseline, candidate = self.counts(experiment, state.updated_at, now)
         decision = decide(state.state, state.step_index, state.step_started_at, now, baseline,
-                          candidate, experiment.config)
+                          candidate, experiment.config, share_in_effect=state.operator_share)
         self.reasons[experiment.name] = decision.reason
-        if (decision.state, decision.candidate_share, decision.step_index) == (
+        share, operator_share = decision.candidate_share, None
+        if decision.state is State.RUNNING and decision.step_index == state.step_index and (
+                state.operator_share is not None):  # an operator's share holds, as in Router
+            share = operator_share = state.operator_share
+        if (decision.state, share, decision.step_index) == (
                 state.state, state.candidate_share, state.step_index):
             log.debug("experiment %s: %s", experiment.name, decision.reason)
             return None
         new = dataclasses.replace(
-            state, state=decision.state, candidate_share=decision.candidate_share,
+            state, state=decision.state, candidate_share=share,
             step_index=decision.step_index, reason=decision.reason, updated_at=now,
             step_started_at=now if decision.step_index != state.step_index
-            else state.step_started_at, operator_share=None)
+            else state.step_started_at, operator_share=operator_share)
         self.store.save(new)
         level = logging.WARNING if decision.state.value in ("rolled_back", "halted_srm") else (
             logging.INFO)
-        log.log(level, "experiment %s: %s, candidate share %.4g, fleet-wide (%s)",
-                experiment.name, decision.state.value, decision.candidate_share, decision.reason)
+        log.log(level, "experiment %s: %s, candidate share %.4g, %s (%s)",
+                experiment.name, decision.state.value, share,
+                "fleet-wide" if self.decides == "controller" else "on every process",
+                decision.reason)
         return new

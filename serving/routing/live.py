@@ -21,11 +21,19 @@ from serving.routing.feedback import FeedbackKey, FeedbackKeys
 from serving.routing.router import Router
 from serving.routing.state import StateStore
 
-__all__ = ["LiveExperiments", "STATE_DIRECTORY", "EXPERIMENTS_FILE"]
+__all__ = ["EXPERIMENTS_FILE", "STATE_DIRECTORY", "LiveExperiments", "where_experiments_live"]
 
 log = logging.getLogger("sightline.routing")
 EXPERIMENTS_FILE = "experiments.yaml"
 STATE_DIRECTORY = ".experiments"  # a dot name: the repository scanner skips it
+
+
+def where_experiments_live(config) -> tuple[Path | None, StateStore | None]:
+    """The experiments file and the state store a server with ``config`` uses, when it has."""
+    repository = None if config.model_dir else Path(config.model_repository)
+    path = (Path(config.experiments_file) if config.experiments_file
+            else repository / EXPERIMENTS_FILE if repository is not None else None)
+    return path, StateStore(repository / STATE_DIRECTORY) if repository is not None else None
 
 
 class LiveExperiments:
@@ -37,16 +45,16 @@ class LiveExperiments:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def build(cls, config) -> LiveExperiments:
-        repository = None if config.model_dir else Path(config.model_repository)
-        path = (Path(config.experiments_file) if config.experiments_file
-                else repository / EXPERIMENTS_FILE if repository is not None else None)
-        if config.feedback_key_file:
+    def build(cls, config, feedback_key: FeedbackKey | None = None) -> LiveExperiments:
+        path, store = where_experiments_live(config)
+        if feedback_key is not None:
+            keys = FeedbackKeys(feedback_key)
+        elif config.feedback_key_file:
             keys = FeedbackKeys(FeedbackKey.from_file(config.feedback_key_file))
         else:
             keys = FeedbackKeys(FeedbackKey.generate())
-        store = StateStore(repository / STATE_DIRECTORY) if repository is not None else None
-        live = cls(Router(keys, store), ExperimentFile(path) if path else None,
+        live = cls(Router(keys, store, shared=config.process_count > 1),
+                   ExperimentFile(path) if path else None,
                    config.decide_seconds)
         live.reload()
         if live.router.experiments() and not config.feedback_key_file:

@@ -12,7 +12,10 @@ counts per variant. It is the data plane's only door into routing:
 - ``step(now)`` runs ``decide.decide`` on every experiment's counts, applies and persists a
   changed decision, and logs it with its reason. An experiment ``decided_by: controller`` is
   not decided here: ``step`` adopts the state the fleet's controller (``routing.controller``)
-  saved, and operator actions on it are refused (they belong to the controller's file).
+  saved, and operator actions on it are refused (they belong to the controller's file). A
+  ``shared`` router (one of ``--processes``) decides nothing itself either: it adopts what
+  the supervisor decided on every process's counts summed; operator actions are taken, saved,
+  and adopted by the other processes.
 
 What it guarantees:
 - Assignment is ``assignment.bucket(salt, key)`` against the state's candidate share: the same
@@ -125,9 +128,11 @@ class _Running:
 
 class Router:
     def __init__(self, keys: FeedbackKeys, store: StateStore | None = None, *,
-                 clock: Callable[[], float] = time.time, recent_labels: int = 100_000):
+                 clock: Callable[[], float] = time.time, recent_labels: int = 100_000,
+                 shared: bool = False):
         self.keys = keys
         self.store = store
+        self.shared = shared
         self.clock = clock
         self._recent = RecentLabels(recent_labels, LABEL_MAX_AGE_SECONDS)
         self._running: dict[str, _Running] = {}
@@ -301,7 +306,8 @@ class Router:
 
     def _step(self, name: str, now: float) -> ExperimentState | None:
         running = self._running.get(name)
-        if running is not None and running.experiment.decided_by == "controller":
+        if running is not None and (running.experiment.decided_by == "controller"
+                                    or self.shared):
             return self._adopt(running)
         if running is None or running.state.state.terminal:
             return None

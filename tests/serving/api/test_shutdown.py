@@ -12,6 +12,7 @@ import threading
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from monitoring.local_prometheus import free_port
@@ -92,12 +93,15 @@ class Load:
                 self.stream_status.append(exc)
 
 
-def test_sigterm_drains_then_refuses_then_finishes_every_call_in_flight(deployable):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_drains_then_refuses_then_finishes_every_call_in_flight(deployable, processes):
+    """With 2 processes the supervisor forwards the signal: both drain at once, as one."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-dir", str(deployable("gap")),
          "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1",
-         "--drain-seconds", str(DRAIN), "--grace-seconds", "10"],
+         "--drain-seconds", str(DRAIN), "--grace-seconds", "10",
+         "--processes", str(processes)],
         cwd=ROOT, stderr=subprocess.PIPE, text=True)
     load = Load(port)
     try:
@@ -145,7 +149,7 @@ def test_sigterm_drains_then_refuses_then_finishes_every_call_in_flight(deployab
     assert "shutting down" in load.stream_status[0].details()
 
     assert DRAIN <= exited < DRAIN + 5
-    assert "serving on for 1.5s" in stderr and "stopped" in stderr
+    assert stderr.count("serving on for 1.5s") == stderr.count("stopped") == processes
 
 
 def test_a_second_signal_cuts_the_drain_delay_short(deployable):
@@ -162,7 +166,13 @@ def test_a_second_signal_cuts_the_drain_delay_short(deployable):
         time.sleep(0.5)
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0 and time.monotonic() - signalled < 5
+        try:
+            code = process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError(f"no exit 20 s after the second signal:\n"
+                                 f"{process.stderr.read()[-3000:]}") from None
+        assert code == 0 and time.monotonic() - signalled < 5
     finally:
         process.kill()
         process.stderr.read()

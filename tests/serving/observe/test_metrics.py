@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
@@ -124,3 +125,13 @@ def test_a_stream_ended_by_an_oversized_message_is_not_counted_ok(repository, st
     assert value(found, "grpc_server_handled_total", grpc_code="CANCELLED", **labels) == 1, \
         handled
     assert value(found, "grpc_server_handled_total", grpc_code="OK", **labels) == 0
+
+
+def test_every_histogram_has_each_bucket_once(server, stub):
+    """A bound listed twice is exported as two series of one name and labels (input_bytes had
+    16 MiB twice), which Prometheus refuses and a merge of processes counts twice."""
+    stub.Classify(classify_request(), timeout=10)
+    buckets = [(s.name, tuple(sorted(s.labels.items())))
+               for family in text_string_to_metric_families(scrape(server))
+               for s in family.samples if s.name.endswith("_bucket")]
+    assert len(buckets) > 20 and len(buckets) == len(set(buckets))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from serving.routing.assignment import Variant
-from serving.routing.controller import Controller, PrometheusError
+from serving.routing.controller import Controller, PrometheusError, prometheus_counts
 from serving.routing.experiment import ExperimentFile
 from serving.routing.feedback import FeedbackKey, FeedbackKeys
 from serving.routing.fleet import COUNTERS
@@ -74,7 +74,8 @@ def fleet(tmp_path):
     for router in routers:
         router.set_experiments(file.current)
     prometheus = FakePrometheus(routers)
-    controller = Controller(ExperimentFile(definitions), store, prometheus, clock=clock)
+    controller = Controller(ExperimentFile(definitions), store, prometheus_counts(prometheus),
+                            clock=clock)
     return routers, controller, prometheus, store, define
 
 
