@@ -46,8 +46,9 @@ class ServerConfig:
     host: str = "[::]"
     port: int = 8500
     # Server processes sharing the port (SO_REUSEPORT; serving/api/processes.py); 0: one per
-    # core. Each runs a whole server; metrics, health and shutdown stay the server's as one.
-    processes: int = 1
+    # core this process may run on. Each runs a whole server; metrics, A/B decisions and
+    # shutdown stay the server's as one. On Kubernetes: 1, and scale by pods (k8s/base).
+    processes: int = 0
     # Handler threads (docs/limits.md): unary calls past grpc_threads in flight and streams past
     # max_streams open get RESOURCE_EXHAUSTED at once; health checks keep threads of their own.
     grpc_threads: int = 128  # the most unary calls in flight
@@ -142,12 +143,12 @@ class ServerConfig:
 
     @property
     def process_count(self) -> int:
-        return self.processes or os.cpu_count() or 1
+        return self.processes or _cores()
 
     @property
     def worker_count(self) -> int:
         """Interpreter threads per version in each process: the cores shared among them."""
-        return self.workers or max(1, (os.cpu_count() or 1) // self.process_count)
+        return self.workers or max(1, _cores() // self.process_count)
 
     @property
     def batch_policy(self) -> BatchPolicy:
@@ -158,7 +159,8 @@ class ServerConfig:
 
     @property
     def decode_slots(self) -> int:
-        return self.max_concurrent_decodes or 2 * (os.cpu_count() or 1)
+        """Concurrent decodes in each process: two per core for the whole server."""
+        return self.max_concurrent_decodes or max(1, 2 * _cores() // self.process_count)
 
     @property
     def request_image_limit(self) -> int:
@@ -170,6 +172,11 @@ class ServerConfig:
     def metrics_address(self) -> str:
         """Where /metrics listens: metrics_host, else the gRPC host without its brackets."""
         return self.metrics_host or self.host.strip("[]")
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity, as taskset or a cpuset sets it)."""
+    return len(os.sched_getaffinity(0)) or 1
 
 
 def _convert(name: str, kind: type, value: Any) -> Any:

@@ -31,12 +31,14 @@ import socket
 import sys
 import threading
 import urllib.request
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from serving.api.auth import read_tokens
+from serving.card import CardError, ReferenceStats, load_card
 from serving.config import ConfigError, ServerConfig
-from serving.observe.merge import MergedCollector, merge
+from serving.observe.merge import MergedCollector, merge, with_drift_of_all
 from serving.observe.metrics_http import MetricsServer
 from serving.routing.controller import Controller
 from serving.routing.experiment import ExperimentFile
@@ -171,8 +173,10 @@ def _metrics_tokens(config: ServerConfig) -> list[bytes] | None:
 
 def _merged_metrics(config: ServerConfig, read) -> MetricsServer:
     tokens = _metrics_tokens(config)
+    references = _References(config)
     registry = CollectorRegistry()
-    registry.register(MergedCollector(read))
+    registry.register(MergedCollector(read, lambda families: with_drift_of_all(
+        families, references, config.drift_min_samples)))
     supervisor = CollectorRegistry()
     ProcessCollector(registry=supervisor)
     registry.register(_Labelled(supervisor, "supervisor"))
@@ -181,6 +185,25 @@ def _merged_metrics(config: ServerConfig, read) -> MetricsServer:
     log.info("metrics of all %d processes on http://%s:%d/metrics", config.process_count,
              config.metrics_address, server.port)
     return server
+
+
+class _References:
+    """(model, version) -> the card's reference statistics, read once per version."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self._found: dict[tuple[str, str], ReferenceStats | None] = {}
+
+    def __call__(self, model: str, version: str) -> ReferenceStats | None:
+        if (model, version) not in self._found:
+            directory = (Path(self.config.model_dir) if self.config.model_dir
+                         else Path(self.config.model_repository) / model / version)
+            try:
+                self._found[model, version] = load_card(directory).reference
+            except (OSError, CardError) as exc:  # the processes' own figures stand
+                log.warning("no drift reference for %s version %s: %s", model, version, exc)
+                self._found[model, version] = None
+        return self._found[model, version]
 
 
 def _decide_experiments(config: ServerConfig, read, stopping: threading.Event):

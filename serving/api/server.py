@@ -182,10 +182,11 @@ class Server:
 
 def create_server(config: ServerConfig, port: int | None = None,
                   registry: CollectorRegistry | None = None,
-                  feedback_key: FeedbackKey | None = None) -> Server:
+                  feedback_key: FeedbackKey | None = None, in_group: bool = False) -> Server:
     """Load the models and build the server (not started). ``port`` 0 picks a free port;
     ``registry`` (default: a new one) receives the metrics; ``feedback_key`` (default: the
-    config's file, else one made here) signs request ids."""
+    config's file, else one made here) signs request ids; ``in_group``: one of the processes
+    of ``serving.api.processes``, sharing its port and taking its A/B decisions."""
     metrics = (ServingMetrics(registry, low_confidence=config.low_confidence,
                               drift_warn=config.drift_warn, drift_alert=config.drift_alert)
                if config.metrics_port >= 0 else None)
@@ -206,14 +207,14 @@ def create_server(config: ServerConfig, port: int | None = None,
         manager = ModelManager(loader=loader, on_event=on_event)
         source = DirectorySource(config.model_repository, _policy(config),
                                  interval_seconds=config.poll_seconds)
-    experiments = LiveExperiments.build(config, feedback_key)
+    experiments = LiveExperiments.build(config, feedback_key, shared=in_group)
     shadow = Shadow(manager, experiments.router)
     inference = Inference(
         manager, default_model=config.default_model, observer=metrics or NO_OBSERVER,
         limits=DecodeLimits(max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels),
         max_decodes=config.decode_slots, router=experiments.router, shadow=shadow)
     if metrics is not None:
-        metrics.watch(manager, experiments.router)
+        metrics.watch(manager, experiments.router, window_counts=in_group)
 
     tokens = read_tokens(config.auth_token_file) if config.auth_token_file else None
     admin_tokens = read_tokens(config.admin_token_file) if config.admin_token_file else None
@@ -228,7 +229,7 @@ def create_server(config: ServerConfig, port: int | None = None,
         # that refuses counts its own refusals.
         interceptors=[*_interceptors(tokens, admin_tokens, metrics), admission,
                       *([GrpcMetricsInterceptor(metrics)] if metrics else [])],
-        options=_options(config),
+        options=_options(config, reuse_port=in_group),
         compression=COMPRESSION[config.compression],
         maximum_concurrent_rpcs=admission.threads,  # past every limit gRPC refuses by itself
     )
@@ -283,7 +284,7 @@ def _policy(config: ServerConfig):
     return parse_policy("all")
 
 
-def _options(config: ServerConfig) -> list[tuple[str, int]]:
+def _options(config: ServerConfig, reuse_port: bool) -> list[tuple[str, int]]:
     ms = lambda seconds: int(seconds * 1000)  # noqa: E731
     return [
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -295,7 +296,7 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.max_connection_age_ms", ms(config.max_connection_age_seconds)),
         ("grpc.max_connection_age_grace_ms", ms(config.max_connection_age_grace_seconds)),
         # A second server on the same port is an error, not a split, unless it is one of ours.
-        ("grpc.so_reuseport", int(config.process_count > 1)),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
@@ -330,14 +331,16 @@ def _bind(grpc_server: grpc.Server, address: str, config: ServerConfig) -> int:
 
 def serve(config: ServerConfig, feedback_key: FeedbackKey | None = None,
           on_metrics_port: Callable[[int], None] | None = None) -> None:
-    """Run one server process until SIGTERM or SIGINT, then shut down gracefully.
-    ``on_metrics_port`` is told the bound metrics port once serving (``processes``).
+    """Run one server process until SIGTERM or SIGINT, then shut down gracefully. Given
+    ``on_metrics_port`` (told the bound metrics port once serving), it is one process of a
+    group (``serving.api.processes``).
 
     The signal handlers do nothing themselves: Python writes each signal's number to a wakeup
     pipe, and one thread reads it and acts. A handler runs in the main thread between any two
     bytecodes, and one that set an Event while the main thread was inside that Event's own
     wait would deadlock on its lock (a second SIGTERM that never ends the drain)."""
-    server = create_server(config, feedback_key=feedback_key)
+    server = create_server(config, feedback_key=feedback_key,
+                           in_group=on_metrics_port is not None)
     stop = threading.Event()
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)

@@ -17,7 +17,9 @@ from serving.routing.decide import State
 from serving.routing.router import LATENCY_BUCKETS
 from serving.routing.stats import msprt_p_value
 
-__all__ = ["DeferredCollector", "ExperimentsCollector", "StateCollector"]
+__all__ = ["DeferredCollector", "ExperimentsCollector", "StateCollector", "WINDOW_COUNTS"]
+
+WINDOW_COUNTS = "sightline_drift_window_count"
 
 
 class DeferredCollector(Collector):
@@ -34,9 +36,10 @@ class DeferredCollector(Collector):
 
 
 class StateCollector(Collector):
-    def __init__(self, manager, known_models: set[str]):
+    def __init__(self, manager, known_models: set[str], window_counts: bool = False):
         self.manager = manager
         self.known_models = known_models  # every model the repository tried to load
+        self.window_counts = window_counts  # one process of several: export the drift windows
 
     def collect(self):
         info = GaugeMetricFamily("sightline_model_info", "Served model versions (value 1).",
@@ -57,6 +60,9 @@ class StateCollector(Collector):
                                labels=["model", "version", "signal"])
         window = GaugeMetricFamily("sightline_drift_window_size", "Requests in the drift window.",
                                    labels=["model", "version"])
+        bins = GaugeMetricFamily(WINDOW_COUNTS, "Drift window counts per bin, for the "
+                                 "supervisor of several processes (observe.merge).",
+                                 labels=["model", "version", "signal", "bin"])
         holding = 0
         served = self.manager.models()
         for name in sorted(self.known_models - set(served)):  # tried, and nothing is served
@@ -82,8 +88,14 @@ class StateCollector(Collector):
                     psi.add_metric([*labels, "brightness"], snapshot["brightness_psi"])
                     ks.add_metric([*labels, "confidence"], snapshot["confidence_ks"])
                     window.add_metric(labels, snapshot["window_size"])
+                    if self.window_counts:
+                        for signal, counts in drift.counts().items():
+                            for index, count in enumerate(counts):
+                                bins.add_metric([*labels, signal, str(index)], count)
         in_flight.add_metric([], holding)
         yield from (info, loaded, in_flight, depth, capacity, psi, ks, window)
+        if self.window_counts:
+            yield bins
 
 
 class ExperimentsCollector(Collector):

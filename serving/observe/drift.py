@@ -30,7 +30,7 @@ import numpy as np
 
 from serving.card import Histogram, ReferenceStats
 
-__all__ = ["DEFAULT_EPS", "DriftMonitor", "ks_binned", "psi"]
+__all__ = ["DEFAULT_EPS", "DriftMonitor", "drift_statistics", "ks_binned", "psi"]
 
 # Floor for a bin's proportion in PSI. An empty bin (common: a class not predicted yet in the
 # window, the darkest brightness bin) would make ln(a / e) infinite. 1e-4 is below one
@@ -222,21 +222,26 @@ class DriftMonitor:
         outside it, so a scrape never holds up ``observe`` for long.
         """
         with self._lock:
-            n = self._size
-            classes = list(self._class_counts)
-            conf = list(self._conf_counts)
-            bright = list(self._bright_counts)
-        if n < self._min_samples:
-            return {"window_size": n, "class_mix_psi": 0.0, "brightness_psi": 0.0,
-                    "confidence_ks": 0.0}
-        ref = self._reference
-        return {
-            "window_size": n,
-            "class_mix_psi": psi(ref.class_prior, classes),
-            "brightness_psi": psi(ref.brightness.counts, bright),
-            "confidence_ks": ks_binned(ref.confidence.counts, ref.confidence.edges,
-                                       live_counts=conf),
-        }
+            counts = {"class": list(self._class_counts), "confidence": list(self._conf_counts),
+                      "brightness": list(self._bright_counts)}
+        return drift_statistics(self._reference, counts, self._min_samples)
+
+
+def drift_statistics(reference: ReferenceStats, counts: dict[str, list[int]],
+                     min_samples: int) -> dict[str, float | int]:
+    """``snapshot``'s figures from window counts (``DriftMonitor.counts``' shape), so counts
+    summed over several processes' windows give the drift of all their traffic."""
+    n = int(sum(counts["class"]))
+    if n < min_samples:
+        return {"window_size": n, "class_mix_psi": 0.0, "brightness_psi": 0.0,
+                "confidence_ks": 0.0}
+    return {
+        "window_size": n,
+        "class_mix_psi": psi(reference.class_prior, counts["class"]),
+        "brightness_psi": psi(reference.brightness.counts, counts["brightness"]),
+        "confidence_ks": ks_binned(reference.confidence.counts, reference.confidence.edges,
+                                   live_counts=counts["confidence"]),
+    }
 
 
 def _edges(histogram: Histogram, name: str) -> tuple[list[float], int]:

@@ -11,22 +11,35 @@ server and equals the sum of what each process did:
   drift) take the largest, which for values every process shares is that value;
 - the process's own families (``process_*``, ``python_*``) are not merged: each sample gains
   ``process="<index>"``, so memory and CPU read per process, and a PromQL ``sum`` gives the
-  total.
+  total;
+- drift (``with_drift_of_all``): each process's PSI and KS describe only its share of the
+  traffic, so they are computed again from the processes' drift windows summed bin by bin
+  (``sightline_drift_window_count``, which the workers export for this and which is not passed
+  on) against the version's reference.
 The merge is a pure function of the expositions, tested on its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-__all__ = ["PER_PROCESS_PREFIXES", "SUMMED_GAUGES", "merge"]
+from serving.card import ReferenceStats
+from serving.observe.collectors import WINDOW_COUNTS
+from serving.observe.drift import drift_statistics
+
+__all__ = ["PER_PROCESS_PREFIXES", "SUMMED_GAUGES", "MergedCollector", "merge", "with_drift_of_all"]
 
 SUMMED_GAUGES = frozenset({"sightline_in_flight_requests", "sightline_queue_depth",
-                           "sightline_queue_capacity", "sightline_drift_window_size"})
+                           "sightline_queue_capacity", "sightline_drift_window_size",
+                           WINDOW_COUNTS})
+# (family, its signal label) -> drift_statistics' key
+DRIFT_FIGURES = {("sightline_drift_psi", "class_mix"): "class_mix_psi",
+                 ("sightline_drift_psi", "brightness"): "brightness_psi",
+                 ("sightline_drift_ks", "confidence"): "confidence_ks"}
 SMALLEST_GAUGES = frozenset({"sightline_model_loaded"})
 PER_PROCESS_PREFIXES = ("process_", "python_")
 PROCESS_LABEL = "process"
@@ -69,11 +82,46 @@ def _combiner(family: Metric):
     return lambda sample, a, b: min(a, b) if sample.endswith("_created") else a + b
 
 
-class MergedCollector:
-    """A prometheus_client collector: ``read()`` -> [(process, exposition), ...] at each scrape."""
+def with_drift_of_all(families: list[Metric],
+                      reference_for: Callable[[str, str], ReferenceStats | None],
+                      min_samples: int) -> list[Metric]:
+    """The merged families with PSI and KS of the summed drift windows; a version whose
+    reference ``reference_for(model, version)`` cannot give keeps the largest of its
+    processes' figures."""
+    windows: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    for family in families:
+        if family.name == WINDOW_COUNTS:
+            for sample in family.samples:
+                labels = sample.labels
+                windows.setdefault((labels["model"], labels["version"]), {}).setdefault(
+                    labels["signal"], {})[int(labels["bin"])] = sample.value
+    figures = {}
+    for (model, version), signals in windows.items():
+        reference = reference_for(model, version)
+        if reference is not None:
+            counts = {signal: [bins[i] for i in sorted(bins)] for signal, bins in signals.items()}
+            figures[model, version] = drift_statistics(reference, counts, min_samples)
+    kept = []
+    for family in families:
+        if family.name == WINDOW_COUNTS:
+            continue
+        for index, sample in enumerate(family.samples):
+            key = DRIFT_FIGURES.get((family.name, sample.labels.get("signal")))
+            found = figures.get((sample.labels.get("model"), sample.labels.get("version")))
+            if key is not None and found is not None:
+                family.samples[index] = sample._replace(value=float(found[key]))
+        kept.append(family)
+    return kept
 
-    def __init__(self, read):
+
+class MergedCollector:
+    """A prometheus_client collector: ``read()`` -> [(process, exposition), ...] at each
+    scrape, merged, then passed through ``finish`` (e.g. ``with_drift_of_all``)."""
+
+    def __init__(self, read, finish: Callable[[list[Metric]], list[Metric]] | None = None):
         self.read = read
+        self.finish = finish
 
     def collect(self) -> Iterable[Metric]:
-        return merge(self.read())
+        merged = merge(self.read())
+        return merged if self.finish is None else self.finish(merged)

@@ -240,9 +240,10 @@ class ServingMetrics:
         elif event == "unloaded":
             self.unloads.labels(name).inc()
 
-    def watch(self, manager, router=None) -> None:
-        """Report the served versions, their queues, drift and experiments at every scrape."""
+    def watch(self, manager, router=None, window_counts: bool = False) -> None:
+        """Report the served versions, their queues, drift and experiments at every scrape;
+        ``window_counts``: the drift windows' counts too, for a supervisor to sum."""
         self.registry.register(DeferredCollector(self.deferred, self.fold))
-        self.registry.register(StateCollector(manager, self.known_models))
+        self.registry.register(StateCollector(manager, self.known_models, window_counts))
         if router is not None:
             self.registry.register(ExperimentsCollector(router))

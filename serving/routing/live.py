@@ -45,7 +45,8 @@ class LiveExperiments:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def build(cls, config, feedback_key: FeedbackKey | None = None) -> LiveExperiments:
+    def build(cls, config, feedback_key: FeedbackKey | None = None,
+              shared: bool = False) -> LiveExperiments:
         path, store = where_experiments_live(config)
         if feedback_key is not None:
             keys = FeedbackKeys(feedback_key)
@@ -53,7 +54,7 @@ class LiveExperiments:
             keys = FeedbackKeys(FeedbackKey.from_file(config.feedback_key_file))
         else:
             keys = FeedbackKeys(FeedbackKey.generate())
-        live = cls(Router(keys, store, shared=config.process_count > 1),
+        live = cls(Router(keys, store, shared=shared),
                    ExperimentFile(path) if path else None,
                    config.decide_seconds)
         live.reload()

@@ -41,9 +41,10 @@ FLEET_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 CLASSIFIER_SERVICE = "sightline.classifier.v1.ImageClassifier"
 HEALTH_SERVICE = ""  # the server as a whole
 # What every fleet server gets unless a test's own args override it (argparse: the last wins).
-# One interpreter thread each: three servers share this machine's two cores.
-DEFAULT_ARGS = ("--workers", "1", "--poll-seconds", "0.5", "--drain-seconds", "1",
-                "--grace-seconds", "5")
+# One process and one interpreter thread each, as one pod of a fleet: three servers share
+# this machine's two cores (test_processes.py asks for more).
+DEFAULT_ARGS = ("--processes", "1", "--workers", "1", "--poll-seconds", "0.5",
+                "--drain-seconds", "1", "--grace-seconds", "5")
 START_TIMEOUT = 90.0  # three processes importing LiteRT and warming a model on two busy cores
 STOP_TIMEOUT = 15.0
 LOG_TAIL_LINES = 40

@@ -62,7 +62,9 @@ def classify_on_fresh_connections(server, count: int) -> list:
 
 
 def summed(name: str) -> bool:
-    return name.startswith(("sightline_", "grpc_server_")) and not name.endswith("_created")
+    """Counters and histograms (drift windows are the supervisor's input, not passed on)."""
+    return (name.startswith(("sightline_", "grpc_server_")) and not name.endswith("_created")
+            and name != "sightline_drift_window_count")
 
 
 def test_the_processes_share_the_load_and_the_scrape_is_their_sum(fleet):
@@ -83,6 +85,11 @@ def test_the_processes_share_the_load_and_the_scrape_is_their_sum(fleet):
     mismatched = {k: (merged.get(k), [found.get(k, 0) for found in workers]) for k in counters
                   if abs(merged.get(k, 0) - sum(found.get(k, 0) for found in workers)) > 1e-6}
     assert not mismatched, mismatched
+    window = (("model", "gap"), ("version", "1"))
+    assert merged[("sightline_drift_window_size", window)] == REQUESTS == sum(
+        found[("sightline_drift_window_size", window)] for found in workers)
+    assert any(name == "sightline_drift_window_count" for name, _ in workers[0])
+    assert not any(name == "sightline_drift_window_count" for name, _ in merged)  # internal
     memory = {labels: value for (name, labels), value in merged.items()
               if name == "process_resident_memory_bytes"}
     assert set(memory) == {(("process", p),) for p in ("0", "1", "supervisor")}

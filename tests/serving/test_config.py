@@ -63,11 +63,17 @@ def test_metrics_listen_where_the_server_does_unless_told(host, metrics_host, ad
     assert ServerConfig(host=host, metrics_host=metrics_host).metrics_address == address
 
 
-def test_worker_count_defaults_to_the_cores():
+def test_the_cores_are_shared_out_among_the_processes():
     import os
 
-    assert ServerConfig().worker_count == (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0))
+    assert ServerConfig().process_count == cores  # one process per core
+    assert ServerConfig().worker_count == 1 and ServerConfig().decode_slots == 2
+    assert ServerConfig(processes=1).worker_count == cores
+    assert ServerConfig(processes=1).decode_slots == 2 * cores
     assert ServerConfig(workers=3).worker_count == 3
+    with pytest.raises(ConfigError, match="processes must be >= 0"):
+        ServerConfig(processes=-1)
 
 
 def test_json_log_lines():

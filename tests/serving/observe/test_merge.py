@@ -4,7 +4,10 @@ gauges follow their rule, and each process keeps its own memory and CPU."""
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.observe.merge import MergedCollector, merge
+from serving.card import Histogram as Bins
+from serving.card import ReferenceStats
+from serving.observe.drift import drift_statistics
+from serving.observe.merge import MergedCollector, merge, with_drift_of_all
 
 
 def exposition(requests: int, latencies: list[float], in_flight: int, loaded: int,
@@ -63,3 +66,42 @@ def test_a_process_whose_exposition_is_missing_is_simply_not_counted():
     only = values(merge([("1", exposition(4, [], 0, 1, 1.0))]))
     assert only[("sightline_requests_total", (("model", "pets"),))] == 4
     assert values(merge([])) == {}
+
+
+def drift_exposition(classes, confidence, brightness, psi_value: float) -> str:
+    """What one worker exports about one version's drift: its own figures and its window."""
+    lines = ["# TYPE sightline_drift_psi gauge",
+             f'sightline_drift_psi{{model="m",version="1",signal="class_mix"}} {psi_value}',
+             "# TYPE sightline_drift_window_count gauge"]
+    for signal, counts in (("class", classes), ("confidence", confidence),
+                           ("brightness", brightness)):
+        lines += [f'sightline_drift_window_count{{model="m",version="1",signal="{signal}",'
+                  f'bin="{i}"}} {count}' for i, count in enumerate(counts)]
+    return "\n".join(lines) + "\n"
+
+
+def test_drift_is_computed_again_on_every_process_window_summed():
+    reference = ReferenceStats([0.5, 0.5], Bins([0.0, 0.5, 1.0], [1, 1]),
+                               Bins([0.0, 128.0, 255.0], [1, 1]))
+    # each process sees one class only; together the mix is the reference's
+    first = ([300, 0], [150, 150], [150, 150])
+    second = ([0, 300], [150, 150], [150, 150])
+    merged = with_drift_of_all(merge([("0", drift_exposition(*first, 9.0)),
+                                      ("1", drift_exposition(*second, 9.0))]),
+                               lambda model, version: reference, min_samples=100)
+    expected = drift_statistics(reference, {"class": [300, 300], "confidence": [300, 300],
+                                            "brightness": [300, 300]}, 100)
+    found = values(merged)
+    assert found[("sightline_drift_psi", (("model", "m"), ("signal", "class_mix"),
+                                          ("version", "1")))] == expected["class_mix_psi"] < 0.01
+    assert drift_statistics(reference, dict(zip(("class", "confidence", "brightness"), first,
+                                                strict=True)), 100)["class_mix_psi"] > 1
+    assert not any(name.startswith("sightline_drift_window_count") for name, _ in found)
+
+
+def test_drift_without_a_reference_keeps_the_processes_largest():
+    merged = with_drift_of_all(merge([("0", drift_exposition([1], [1], [1], 0.3)),
+                                      ("1", drift_exposition([1], [1], [1], 0.1))]),
+                               lambda model, version: None, min_samples=1)
+    assert values(merged)[("sightline_drift_psi", (("model", "m"), ("signal", "class_mix"),
+                                                   ("version", "1")))] == 0.3
