@@ -23,7 +23,7 @@ DEMO_OUT ?= artifacts/demo
 TRITON   := .venv-triton
 
 .PHONY: install system-deps train evaluate quantize report demo test lint clean distclean \
-        bench bench-train bench-quantize bench-server bench-overload bench-decode-memory bench-ab protos deploy serve tools \
+        bench bench-train bench-quantize bench-server bench-overload bench-decode-memory bench-ab bench-processes protos deploy serve tools \
         dashboards-preview monitor-up serve-venv k8s-validate k8s-apply
 
 install: $(STAMP)
@@ -193,7 +193,12 @@ bench-ab: install
 	@test -n "$(BENCH_SMALL)" || { echo "bench-ab: no shapes artifact: make train quantize"; exit 2; }
 	$(BIN)/python benchmarks/bench_ab.py --model $(BENCH_SMALL)
 
-bench: bench-quantize bench-server bench-overload bench-decode-memory bench-ab
+# One server process against one per core, side by side (--processes; issue 13).
+bench-processes: install
+	@test -n "$(BENCH_SMALL)" || { echo "bench-processes: no shapes artifact: make train quantize"; exit 2; }
+	$(BIN)/python benchmarks/bench_processes.py --model $(BENCH_SMALL)
+
+bench: bench-quantize bench-server bench-overload bench-decode-memory bench-ab bench-processes
 
 # Offline: kubectl kustomize on every kustomization under k8s/, kubernetes-validate --strict
 # for Kubernetes 1.29-1.33, the custom resources against their CRD models, checkov against the

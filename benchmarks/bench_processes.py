@@ -107,6 +107,36 @@ def report(runs: dict[int, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def plot(runs: dict[int, list[dict]], path: Path) -> None:
+    """Throughput, busy cores and CPU per request for each cell, bars per process count, the
+    whiskers the rounds' range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted(runs)
+    cells = [k for k in runs[counts[0]][0] if k != "memory"]
+    figures = (("requests_per_s", "requests / s"), ("machine_busy_cores", "busy cores (of 2)"),
+               ("server_cpu_us_per_request", "server CPU µs / request"))
+    fig, axes = plt.subplots(1, len(figures), figsize=(15, 4.2))
+    width = 0.8 / len(counts)
+    for ax, (figure, title) in zip(axes, figures, strict=True):
+        for offset, count in enumerate(counts):
+            values = [[run[cell][figure] for run in runs[count]] for cell in cells]
+            medians = [statistics.median(v) for v in values]
+            errors = [[m - min(v) for m, v in zip(medians, values, strict=True)],
+                      [max(v) - m for m, v in zip(medians, values, strict=True)]]
+            ax.bar([i + offset * width for i in range(len(cells))], medians, width,
+                   yerr=errors, capsize=3, label=f"{count} process{'es' if count > 1 else ''}")
+        ax.set_xticks([i + width * (len(counts) - 1) / 2 for i in range(len(cells))], cells)
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle("sightline-serve --processes, side by side (median of rounds, range)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a quantized artifact")
@@ -131,8 +161,9 @@ def main() -> None:
                 for processes in order:
                     runs[processes].append(run_once(processes, args, requests_file, bar))
     (args.out / "report.json").write_text(json.dumps(runs, indent=2))
+    plot(runs, args.out / "bench-processes.png")
     print(report(runs))
-    print(f"\n{args.out / 'report.json'}")
+    print(f"\n{args.out / 'report.json'}, {args.out / 'bench-processes.png'}")
 
 
 if __name__ == "__main__":
