@@ -3,7 +3,8 @@
     sightline-classify cat.jpg dog.png --target localhost:8500 --top-k 3 --heatmap out.png
 
 The client sets a deadline on every call and retries UNAVAILABLE (a restarting or draining
-server) with exponential backoff; other errors are raised at once as ``grpc.RpcError``.
+server) with exponential backoff; other errors are raised at once as ``grpc.RpcError``, except
+in ``classify_batch``, where every image gets a response and a failure is its ``error``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,9 @@ from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb
 __all__ = ["SightlineClient", "cli", "main"]
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+MAX_PER_CALL = 32  # images per ClassifyBatch call; the server's max_request_images is 64
+FIELD_OVERHEAD = 6  # bytes of a request inside a ClassifyBatchRequest besides its own: tag, length
 
 
 class SightlineClient:
@@ -39,6 +43,7 @@ class SightlineClient:
         else:
             self.channel = grpc.insecure_channel(target, options)
         self.stub = pb_grpc.ImageClassifierStub(self.channel)
+        self.max_message_bytes = max_message_bytes
         self.timeout = timeout
         self.retries = retries
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
@@ -51,6 +56,24 @@ class SightlineClient:
                                target_class=target_class, raw_map=raw_map, model=model,
                                version=version, label=label, request_id=request_id)
         return self.call(self.stub.Classify, request)
+
+    def classify_batch(self, images: Iterable[bytes | str | Path], *,
+                       max_per_call: int = MAX_PER_CALL, **options) -> list[pb.ClassifyResponse]:
+        """One response per image, in order, by ClassifyBatch calls of at most ``max_per_call``
+        images that each fit ``max_message_bytes``; ``options`` are ``request``'s, for every
+        image. A failed image's response carries only its ``error``; so does each of a call's
+        images when the call fails as a whole (after the retries of UNAVAILABLE)."""
+        if max_per_call < 1:
+            raise ValueError(f"max_per_call must be at least 1; got {max_per_call}")
+        requests = [self.request(image, **options) for image in images]
+        responses = []
+        for chunk in _chunks(requests, max_per_call, self.max_message_bytes):
+            try:
+                batch = self.call(self.stub.ClassifyBatch, pb.ClassifyBatchRequest(requests=chunk))
+                responses.extend(batch.responses)
+            except grpc.RpcError as exc:
+                responses.extend(_failed(exc, r.request_id) for r in chunk)
+        return responses
 
     def classify_stream(self, requests: Iterable[pb.ClassifyRequest]
                         ) -> Iterator[pb.ClassifyResponse]:
@@ -118,10 +141,61 @@ class SightlineClient:
         self.close()
 
 
+def _failed(exc: grpc.RpcError, request_id: str = "") -> pb.ClassifyResponse:
+    """A call's failure as the response of one of its images."""
+    error = pb.Error(code=exc.code().value[0], message=exc.details() or "")
+    return pb.ClassifyResponse(request_id=request_id, error=error)
+
+
+def _chunks(requests: Sequence[pb.ClassifyRequest], max_count: int, max_bytes: int
+            ) -> Iterator[list[pb.ClassifyRequest]]:
+    """Consecutive runs of at most ``max_count`` requests whose ClassifyBatchRequest fits
+    ``max_bytes``; a request too big for that goes alone (and gRPC refuses it alone)."""
+    chunk, size = [], 0
+    for request in requests:
+        needed = request.ByteSize() + FIELD_OVERHEAD
+        if chunk and (len(chunk) == max_count or size + needed > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(request)
+        size += needed
+    if chunk:
+        yield chunk
+
+
 def heatmap_path(template: Path, image: Path, many: bool) -> Path:
     """--heatmap out.png: that file for one image; out-<image stem>.png for several."""
     return template.with_name(f"{template.stem}-{image.stem}{template.suffix}") if many \
         else template
+
+
+def classify_files(client: SightlineClient, paths: list[Path], **options
+                   ) -> list[pb.ClassifyResponse | str]:
+    """Each file's response, or the error to print for it, in order. Several files go in
+    ClassifyBatch calls, so they share the server's batches; one goes by Classify."""
+    outcomes: list[pb.ClassifyResponse | str] = [""] * len(paths)
+    images: dict[int, bytes] = {}
+    for index, path in enumerate(paths):
+        try:
+            images[index] = path.read_bytes()
+        except OSError as exc:
+            outcomes[index] = str(exc)
+    if len(paths) > 1:
+        responses = client.classify_batch(images.values(), **options)
+    else:
+        responses = [_classify_one(client, image, options) for image in images.values()]
+    for index, response in zip(images, responses, strict=True):
+        error = response.error
+        outcomes[index] = (f"{CODE_NAMES.get(error.code, error.code)}: {error.message}"
+                           if response.HasField("error") else response)
+    return outcomes
+
+
+def _classify_one(client: SightlineClient, image: bytes, options) -> pb.ClassifyResponse:
+    try:
+        return client.classify(image, **options)
+    except grpc.RpcError as exc:
+        return _failed(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,18 +227,12 @@ def main(argv: list[str] | None = None) -> int:
             except TimeoutError as exc:
                 print(f"sightline-classify: {exc}", file=sys.stderr)
                 return 2
-        for image in args.images:
-            try:
-                response = client.classify(
-                    image, top_k=args.top_k, heatmap=args.heatmap is not None,
-                    method=args.method, model=args.model, version=args.version,
-                    label=args.label)
-            except grpc.RpcError as exc:
-                print(f"{image}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-                failed += 1
-                continue
-            except OSError as exc:
-                print(f"{image}: {exc}", file=sys.stderr)
+        outcomes = classify_files(client, args.images, top_k=args.top_k,
+                                  heatmap=args.heatmap is not None, method=args.method,
+                                  model=args.model, version=args.version, label=args.label)
+        for image, response in zip(args.images, outcomes, strict=True):
+            if isinstance(response, str):
+                print(f"{image}: {response}", file=sys.stderr)
                 failed += 1
                 continue
             classes = ", ".join(f"{c.label} {c.score:.3f}" for c in response.classes)

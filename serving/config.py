@@ -69,7 +69,8 @@ class ServerConfig:
     # ends a stream. So the message limit leaves room for an image past its limit.
     max_message_bytes: int = 17 * MiB  # gRPC receive and send limit
     max_image_bytes: int = 16 * MiB
-    max_request_images: int = 64  # images in one OIP ModelInfer (capped at max_queue_size)
+    # Images in one OIP ModelInfer or one ClassifyBatch (capped at max_queue_size).
+    max_request_images: int = 64
     max_image_pixels: int = 4096 * 4096  # decoded width x height (decompression bombs)
     max_concurrent_decodes: int = 0  # images decoding at once (memory); 0: two per core
 

@@ -1,8 +1,10 @@
-"""``sightline.classifier.v1.ImageClassifier``: Classify, ClassifyStream and GetModelInfo.
+"""``sightline.classifier.v1.ImageClassifier``: Classify, ClassifyBatch, ClassifyStream and
+GetModelInfo.
 
 Translates messages to ``Inference.submit`` / ``finish`` calls and results back; every
 ``ServingError`` leaves with its status code (``serving.api.status``) and a message naming the
-problem. In a stream a bad request gets an error response of its own and the stream goes on.
+problem. In a batch or a stream a bad request gets an error response of its own and the others
+go on.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from serving.api.admission import MALFORMED
 from serving.api.status import answer_errors, status_of
 from serving.cam import METHODS
 from serving.card import MODEL_FILE
-from serving.errors import INTERNAL_MESSAGE, BadRequest, ServingError
+from serving.errors import INTERNAL_MESSAGE, BadRequest, Cancelled, DeadlineExceeded, ServingError
 from serving.inference.dataplane import Inference
 from serving.inference.types import MAX_ID_CHARS, Explain, Result, deadline_after
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
@@ -37,8 +39,9 @@ END_GRACE_SECONDS = 0.05
 
 class ClassifierService(pb_grpc.ImageClassifierServicer):
     def __init__(self, inference: Inference, stream_window: int = 64,
-                 idle_seconds: float = 30.0):
+                 idle_seconds: float = 30.0, max_images: int = 64):
         self.inference = inference
+        self.max_images = max_images  # requests in one ClassifyBatch (max_request_images)
         self.stream_window = stream_window  # requests of one stream in flight at once
         self.idle_seconds = idle_seconds  # stream_idle_seconds
         self._open: set[_StreamState] = set()  # streams running now, for close_streams
@@ -48,6 +51,28 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
     @answer_errors
     def Classify(self, request, context):
         return _response(*self.inference.finish(self._submit(request, context)))
+
+    @answer_errors
+    def ClassifyBatch(self, request, context):
+        """Every request is submitted before any is finished, so they share the batcher's
+        batches. Each submitted one is finished, whatever the others did, so every version held
+        is released. Once the call is cancelled or past its deadline no more are submitted, and
+        it ends with that status (for the metrics: no client reads it)."""
+        requests = request.requests
+        if not 1 <= len(requests) <= self.max_images:
+            raise BadRequest("bad_batch_size", f"a batch holds 1 to {self.max_images} requests "
+                                               f"(max_request_images); got {len(requests):,}")
+        submitted = []
+        try:
+            for item in requests:
+                submitted.append(self._submit_item(item, context) if context.is_active() else
+                                 _ended(context))
+        finally:  # finish every one submitted, even if the loop itself failed
+            responses = [self._answer(item, outcome)
+                         for item, outcome in zip(requests, submitted, strict=False)]
+        if not context.is_active():
+            raise _ended(context)
+        return pb.ClassifyBatchResponse(responses=responses)
 
     def ClassifyStream(self, request_iterator, context):
         """A reader thread decodes and queues each request as it arrives (up to stream_window
@@ -72,17 +97,12 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
                             "malformed", "a request of this stream is not a valid "
                                          "ClassifyRequest message")))
                         continue
-                    try:
-                        pending = self._submit(request, context, in_stream=True)
-                    except ServingError as exc:
-                        stream.done.put((request, exc))
-                        continue
-                    except Exception:  # a bug: answer this request, keep the stream going
-                        log.exception("ClassifyStream request failed")
-                        stream.done.put((request, ServingError("internal", INTERNAL_MESSAGE)))
-                        continue
-                    pending.future.add_done_callback(
-                        lambda _, r=request, p=pending: stream.done.put((r, p)))
+                    outcome = self._submit_item(request, context, in_stream=True)
+                    if isinstance(outcome, ServingError):
+                        stream.done.put((request, outcome))
+                    else:
+                        outcome.future.add_done_callback(
+                            lambda _, r=request, p=outcome: stream.done.put((r, p)))
             except Exception:  # noqa: BLE001 - the client hung up, or gRPC ended the call
                 log.debug("stream reader stopped", exc_info=True)
                 stream.input_error = _ended_by(context)
@@ -139,16 +159,33 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
 
     def _stream_response(self, request, item, window) -> pb.ClassifyResponse:
         try:
-            if isinstance(item, ServingError):
-                raise item
-            return _response(*self.inference.finish(item))
-        except ServingError as exc:
-            return _error_response(request, status_of(exc), str(exc))
-        except Exception:  # a bug in finishing: answer this request, keep the stream going
-            log.exception("ClassifyStream request failed")
-            return _error_response(request, grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+            return self._answer(request, item)
         finally:
             window.release()
+
+    def _submit_item(self, request, context, in_stream: bool = False):
+        """One request of a batch or a stream -> its Pending, or the ServingError that answers
+        it; a bug becomes INTERNAL here, so that the other requests go on."""
+        try:
+            return self._submit(request, context, in_stream)
+        except ServingError as exc:
+            return exc
+        except Exception:
+            log.exception("request %s failed", request.request_id[:MAX_ID_CHARS])
+            return ServingError("internal", INTERNAL_MESSAGE)
+
+    def _answer(self, request, outcome) -> pb.ClassifyResponse:
+        """The response to one request of a batch or a stream: its submit ``outcome`` finished,
+        or the error it failed with."""
+        try:
+            if isinstance(outcome, ServingError):
+                raise outcome
+            return _response(*self.inference.finish(outcome))
+        except ServingError as exc:
+            return _error_response(request, status_of(exc), str(exc))
+        except Exception:  # a bug in finishing: answer this request, the others go on
+            log.exception("request %s failed", request.request_id[:MAX_ID_CHARS])
+            return _error_response(request, grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
     @answer_errors
     def GetModelInfo(self, request, context):
@@ -191,7 +228,7 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             top_k=request.top_k if request.HasField("top_k") else None, explain=explain,
             deadline=deadline,
             # A stream's callbacks would pile up for its whole life; its requests run out.
-            on_cancel=None if in_stream else context.add_callback,
+            on_cancel=None if in_stream else _on_call_end(context),
             metadata=dict(context.invocation_metadata()) if self.inference.routes else None)
 
 
@@ -243,8 +280,27 @@ def _ended_by(context, wait: float = 0.0) -> grpc.StatusCode | None:
     return grpc.StatusCode.CANCELLED
 
 
+def _ended(context) -> ServingError:
+    """Why a unary call ended under its handler: its deadline passed, or its client left."""
+    if context.time_remaining() <= 0:
+        return DeadlineExceeded("deadline", "the call's deadline passed")
+    return Cancelled("cancelled", "the client cancelled the call")
+
+
+def _on_call_end(context):
+    """Register a cancellation for when the unary call ends; gRPC refuses to register one
+    after the call has ended (a cancel that raced the submit), so it runs at once then."""
+
+    def register(cancel) -> None:
+        if not context.add_callback(cancel):
+            cancel()
+
+    return register
+
+
 def _error_response(request, code: grpc.StatusCode, message: str) -> pb.ClassifyResponse:
-    """A stream's answer to one failed request; an over-long id is refused, so not echoed."""
+    """A batch's or a stream's answer to one failed request; an over-long id is refused, so
+    not echoed whole."""
     return pb.ClassifyResponse(request_id=request.request_id[:MAX_ID_CHARS],
                                error=pb.Error(code=code.value[0], message=message))
 

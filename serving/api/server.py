@@ -235,7 +235,7 @@ def create_server(config: ServerConfig, port: int | None = None,
     )
     service_pb = classifier_module.pb_grpc
     classifier = classifier_module.ClassifierService(
-        inference, idle_seconds=config.stream_idle_seconds)
+        inference, idle_seconds=config.stream_idle_seconds, max_images=config.request_image_limit)
     service_pb.add_ImageClassifierServicer_to_server(classifier, grpc_server)
     oip.pb_grpc.add_GRPCInferenceServiceServicer_to_server(
         oip.InferenceService(inference, max_images=config.request_image_limit), grpc_server)

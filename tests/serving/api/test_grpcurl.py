@@ -32,6 +32,7 @@ def test_reflection_lists_every_service(server):
             "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= listed
     methods = grpcurl(server, "describe", "sightline.classifier.v1.ImageClassifier")
     assert "rpc ClassifyStream ( stream" in methods
+    assert "rpc ClassifyBatch ( .sightline.classifier.v1.ClassifyBatchRequest )" in methods
 
 
 def test_classify_and_health_through_grpcurl(server):
@@ -41,5 +42,10 @@ def test_classify_and_health_through_grpcurl(server):
                                   data=data))
     assert response.get("requestId", response.get("request_id")) == "from-grpcurl", response
     assert len(response["classes"]) == 2
+    batch = json.loads(grpcurl(
+        server, "sightline.classifier.v1.ImageClassifier/ClassifyBatch",
+        data={"requests": [{**data, "request_id": "one"}, {**data, "request_id": "two"}]}))
+    assert [r.get("requestId", r.get("request_id")) for r in batch["responses"]] == \
+        ["one", "two"], batch
     health = json.loads(grpcurl(server, "grpc.health.v1.Health/Check", data={}))
     assert health == {"status": "SERVING"}

@@ -7,6 +7,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2_grpc as pb_grpc
 from tests.serving.conftest import classify_request, expect_error, samples, scrape, value
 
@@ -86,12 +87,17 @@ def test_bearer_token(repository, start_server, tmp_path):
             response = stub.Classify(classify_request(), timeout=10,
                                      metadata=[("authorization", f"Bearer {token}")])
             assert response.classes
+        batch = pb.ClassifyBatchRequest(requests=[classify_request()])
+        with expect_error(grpc.StatusCode.UNAUTHENTICATED, "bearer token"):
+            stub.ClassifyBatch(batch, timeout=5)
+        assert stub.ClassifyBatch(batch, timeout=10, metadata=[
+            ("authorization", "Bearer secret-one")]).responses[0].classes
         stream = stub.ClassifyStream(iter([classify_request()]), timeout=5)
         with expect_error(grpc.StatusCode.UNAUTHENTICATED, "bearer token"):
             list(stream)
         refused = value(samples(scrape(server, token="secret-two")),
                         "sightline_requests_rejected_total", reason="unauthenticated")
-        assert refused == 9  # eight unary calls and one stream
+        assert refused == 10  # eight Classify calls, one ClassifyBatch and one stream
         health = health_pb2_grpc.HealthStub(channel)  # exempt: probes carry no secret
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
             health_pb2.HealthCheckResponse.SERVING

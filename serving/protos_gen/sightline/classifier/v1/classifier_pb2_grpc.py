@@ -39,6 +39,11 @@ class ImageClassifierStub:
                 request_serializer=serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.ClassifyBatch = channel.unary_unary(
+                '/sightline.classifier.v1.ImageClassifier/ClassifyBatch',
+                request_serializer=serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyBatchRequest.SerializeToString,
+                response_deserializer=serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyBatchResponse.FromString,
+                _registered_method=True)
         self.ClassifyStream = channel.stream_stream(
                 '/sightline.classifier.v1.ImageClassifier/ClassifyStream',
                 request_serializer=serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyRequest.SerializeToString,
@@ -56,6 +61,16 @@ class ImageClassifierServicer:
 
     def Classify(self, request, context):
         """One image in, its top classes (and heatmap) out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifyBatch(self, request, context):
+        """Many images in one call, for clients that have them at once: they share the server's
+        batches and pay the call's fixed cost once. One response per request, in request order; a
+        bad request fails only its own response (ClassifyResponse.error), never the call. An empty
+        batch, or one of more than max_request_images (64) requests, is refused as a whole.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +99,11 @@ def add_ImageClassifierServicer_to_server(servicer, server):
                     servicer.Classify,
                     request_deserializer=serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyRequest.FromString,
                     response_serializer=serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'ClassifyBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClassifyBatch,
+                    request_deserializer=serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyBatchRequest.FromString,
+                    response_serializer=serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyBatchResponse.SerializeToString,
             ),
             'ClassifyStream': grpc.stream_stream_rpc_method_handler(
                     servicer.ClassifyStream,
@@ -123,6 +143,33 @@ class ImageClassifier:
             '/sightline.classifier.v1.ImageClassifier/Classify',
             serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyRequest.SerializeToString,
             serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sightline.classifier.v1.ImageClassifier/ClassifyBatch',
+            serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyBatchRequest.SerializeToString,
+            serving_dot_protos__gen_dot_sightline_dot_classifier_dot_v1_dot_classifier__pb2.ClassifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
