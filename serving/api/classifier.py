@@ -18,7 +18,7 @@ import time
 import grpc
 
 from serving.api.admission import MALFORMED
-from serving.api.status import answer_errors, status_of
+from serving.api.status import answer_errors, cancel_when_call_ends, status_of
 from serving.cam import METHODS
 from serving.card import MODEL_FILE
 from serving.errors import INTERNAL_MESSAGE, BadRequest, Cancelled, DeadlineExceeded, ServingError
@@ -228,7 +228,7 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             top_k=request.top_k if request.HasField("top_k") else None, explain=explain,
             deadline=deadline,
             # A stream's callbacks would pile up for its whole life; its requests run out.
-            on_cancel=None if in_stream else _on_call_end(context),
+            on_cancel=None if in_stream else cancel_when_call_ends(context),
             metadata=dict(context.invocation_metadata()) if self.inference.routes else None)
 
 
@@ -285,17 +285,6 @@ def _ended(context) -> ServingError:
     if context.time_remaining() <= 0:
         return DeadlineExceeded("deadline", "the call's deadline passed")
     return Cancelled("cancelled", "the client cancelled the call")
-
-
-def _on_call_end(context):
-    """Register a cancellation for when the unary call ends; gRPC refuses to register one
-    after the call has ended (a cancel that raced the submit), so it runs at once then."""
-
-    def register(cancel) -> None:
-        if not context.add_callback(cancel):
-            cancel()
-
-    return register
 
 
 def _error_response(request, code: grpc.StatusCode, message: str) -> pb.ClassifyResponse:

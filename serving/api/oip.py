@@ -25,7 +25,7 @@ from importlib import metadata
 
 import numpy as np
 
-from serving.api.status import answer_errors
+from serving.api.status import answer_errors, cancel_when_call_ends
 from serving.errors import BadRequest, ServingError, shown
 from serving.inference.dataplane import Inference
 from serving.inference.types import Explain, deadline_after, request_id_for
@@ -99,7 +99,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     pending.append(self.inference.submit(
                         request_id=rid, name=request.model_name, version=version,
                         label=label, deadline=deadline, explain=explain,
-                        metadata=metadata, count=index == 0, **item))
+                        metadata=metadata, count=index == 0,
+                        on_cancel=cancel_when_call_ends(context), **item))
                 except BadRequest as exc:
                     raise BadRequest(exc.reason, f"input {index}: {exc}") from None
         finally:

@@ -2,6 +2,7 @@
 
 Handlers catch ``ServingError`` once, at the edge, and send ``STATUS[type(error)]`` with the
 message; anything else is a bug and becomes INTERNAL with a log line (never a leaked traceback).
+``cancel_when_call_ends`` ties a unary call's queued work to the call, for both APIs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from serving.errors import (
     UnknownModel,
 )
 
-__all__ = ["STATUS", "answer_errors", "status_of"]
+__all__ = ["STATUS", "answer_errors", "cancel_when_call_ends", "status_of"]
 
 STATUS: dict[type[ServingError], grpc.StatusCode] = {
     BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -58,3 +59,15 @@ def answer_errors(handler):
             context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
     return answered
+
+
+def cancel_when_call_ends(context):
+    """``on_cancel`` for ``Inference.submit``: the job is cancelled when the unary call ends
+    (its client left, or its deadline passed). gRPC refuses a callback once the call has
+    ended, as when a cancel raced the submit; the job is then cancelled at once."""
+
+    def register(cancel) -> None:
+        if not context.add_callback(cancel):
+            cancel()
+
+    return register

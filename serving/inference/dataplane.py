@@ -291,8 +291,10 @@ class Inference:
         wait for a decode slot until the deadline; none is decoded after it."""
         try:
             if image is not None:
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if not self._decodes.acquire(timeout=timeout):
+                timeout = None if deadline is None else deadline - time.monotonic()
+                # acquire(timeout=0) still takes a free slot: a late image would be decoded
+                if (timeout is not None and timeout <= 0) or not self._decodes.acquire(
+                        timeout=timeout):
                     raise DeadlineExceeded("deadline", "the deadline passed before the image "
                                                        "could be decoded")
                 try:

@@ -15,7 +15,7 @@ from serving.protos_gen.inference import grpc_predict_v2_pb2 as oip
 from serving.protos_gen.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from serving.repository.publish import deploy
 from tests.conftest import ROOT
-from tests.serving.conftest import MODEL, expect_error, image_bytes
+from tests.serving.conftest import MODEL, expect_error, image_bytes, samples, scrape, value
 
 TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
 
@@ -100,3 +100,30 @@ def test_a_version_label_is_named_by_the_model_label_parameter(server, channel, 
     request.parameters["model_label"].int64_param = 2
     with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "parameter model_label must be a string"):
         stub.ModelInfer(request, timeout=10)
+
+
+def test_a_cancelled_infer_request_leaves_no_work_and_no_hold(repository, start_server):
+    """The batcher waits 1.5 s for company, so the 48 images are still queued when the client
+    cancels: none of them runs, and the version's holds come back at once."""
+    server = start_server(repository, max_batch_size=64, max_queue_delay_ms=1500.0,
+                          wait_when_idle=True, workers=1)
+    request = oip.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="image", datatype="BYTES", shape=[48]).contents.bytes_contents.extend(
+        image_bytes(seed) for seed in range(48))
+    servable = server.manager.get(MODEL)
+    batches = value(samples(scrape(server)), "sightline_batch_size_count", model=MODEL,
+                    version="1")
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer.future(request, timeout=30)
+        end = time.monotonic() + 10
+        while servable.holders < 48 and time.monotonic() < end:
+            time.sleep(0.005)
+        assert servable.holders == 48  # every image is queued
+        call.cancel()
+    end = time.monotonic() + 1.0  # well before the batcher's delay would run them
+    while servable.holders and time.monotonic() < end:
+        time.sleep(0.01)
+    assert servable.holders == 0
+    time.sleep(1.6)
+    assert value(samples(scrape(server)), "sightline_batch_size_count", model=MODEL,
+                 version="1") == batches

@@ -2,13 +2,15 @@
 
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from serving.batching.policy import BatchPolicy
-from serving.errors import BadRequest, UnknownModel
+from serving.errors import BadRequest, DeadlineExceeded, UnknownModel
+from serving.inference import dataplane
 from serving.inference.attachments import AttachingLoader
 from serving.inference.dataplane import Inference
 from serving.inference.types import Explain, Result
@@ -123,3 +125,14 @@ def test_a_batch_hands_back_named_outputs(plane):
     assert output.queue_seconds >= 0 and output.inference_seconds >= 0
     result, top_k = inference.finish(pending)
     assert top_k == 2 and result.heatmap.png is None
+
+
+def test_no_image_is_decoded_once_its_deadline_has_passed(plane, monkeypatch):
+    """A free decode slot is no reason to decode a request its client gave up on: waiting
+    zero seconds for a slot still takes one."""
+    inference, *_ = plane
+    decoded = []
+    monkeypatch.setattr(dataplane, "decode", lambda *args: decoded.append(args))
+    with pytest.raises(DeadlineExceeded, match="deadline passed before the image"):
+        inference.submit(image=png(), deadline=time.monotonic() - 0.001)
+    assert decoded == []
