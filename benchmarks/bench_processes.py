@@ -5,12 +5,14 @@
 Each round starts the server once per process count (the order alternates between rounds, so
 a machine that drifts hurts both alike) and measures, with bench_server's load generator and
 cells: unary and stream classify at ``--concurrency`` (split over ``--clients`` processes of
-``--connections`` connections each: SO_REUSEPORT shares out connections, not calls), and unary
-at concurrency 1 for latency. Per cell: throughput, p50/p99, the server's CPU (supervisor and
-workers) per request, and the cores the whole machine kept busy. Memory at the end of each run:
-RSS of each process, and PSS (pages shared between the forked processes counted once, in
-shares) summed: the honest total. Printed: median [min-max] over rounds per process count, and
-the ratio of medians against the first count.
+``--connections`` connections each: SO_REUSEPORT shares out connections, not calls), unary at
+concurrency 1 for latency, and ClassifyBatch calls of 32 images, 4 in flight. Per cell:
+throughput (images/s), p50/p99 (per call), the server's CPU (supervisor and workers) per image,
+and the cores the whole machine kept busy. Memory at the end of each run: RSS of each process,
+and PSS (pages shared between the forked processes counted once, in shares) summed: the honest
+total. Printed: median [min-max] over rounds per process count, the ratio of medians against
+the first count, and the CPU efficiency of 32-image requests: the raw interpreter's CPU per
+image at batch 32 (one thread, in this process) over the server's.
 """
 
 from __future__ import annotations
@@ -28,17 +30,21 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_server import (  # noqa: E402
+    MODEL_FILE,
     ROOT,
     Cell,
     LoadGen,
     ServerProcess,
     children,
+    measure_raw,
     model_inputs,
     run_cell,
     serialized_requests,
     status_kb,
 )
+from loadgen import BATCH_SIZE  # noqa: E402
 
+BATCH_CALLS = 4  # ClassifyBatch calls of 32 images in flight: 128 images, as c=64 twice over
 FIGURES = ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request",
            "machine_busy_cores")
 
@@ -62,7 +68,8 @@ def run_once(processes: int, args, requests_file: Path, bar) -> dict:
                        args.out / f"loadgen-p{processes}-{i}.log", connections=args.connections)
                for i in range(args.clients)]
     cells = [Cell("model", "unary", False, args.concurrency),
-             Cell("model", "stream", False, args.concurrency), Cell("model", "unary", False, 1)]
+             Cell("model", "stream", False, args.concurrency), Cell("model", "unary", False, 1),
+             Cell("model", "batch", False, BATCH_CALLS)]
     found = {}
     try:
         for cell in cells:
@@ -155,14 +162,23 @@ def main() -> None:
         requests_file.write_bytes(pickle.dumps(serialized_requests(
             model_inputs(args.model, "PNG")[0])))
         runs: dict[int, list[dict]] = {n: [] for n in args.processes}
-        with tqdm(total=3 * args.rounds * len(args.processes), unit="cell") as bar:
+        pixels = model_inputs(args.model, "PNG")[1]
+        raw = measure_raw(args.model / MODEL_FILE, pixels, [1, BATCH_SIZE], rounds=20)
+        with tqdm(total=4 * args.rounds * len(args.processes), unit="cell") as bar:
             for round_index in range(args.rounds):
                 order = args.processes if round_index % 2 == 0 else args.processes[::-1]
                 for processes in order:
                     runs[processes].append(run_once(processes, args, requests_file, bar))
-    (args.out / "report.json").write_text(json.dumps(runs, indent=2))
+    (args.out / "report.json").write_text(json.dumps({"raw": raw, "runs": runs}, indent=2))
     plot(runs, args.out / "bench-processes.png")
     print(report(runs))
+    raw_us = raw["cpu_per_image_us"][raw["sizes"].index(BATCH_SIZE)]
+    for count in sorted(runs):
+        served = [run[f"batch c={BATCH_CALLS}"]["server_cpu_us_per_request"]
+                  for run in runs[count]]
+        print(f"CPU efficiency, {BATCH_SIZE}-image ClassifyBatch, {count} process(es): raw "
+              f"{raw_us:.1f} us/image at batch {BATCH_SIZE} / server "
+              f"{spread(served)} us/image = {spread([raw_us / s for s in served])}")
     print(f"\n{args.out / 'report.json'}, {args.out / 'bench-processes.png'}")
 
 

@@ -6,7 +6,7 @@ the server's, and the bare-grpcio echo server the benchmark measures gRPC itself
 
 Driven mode reads one JSON command per stdin line and answers one JSON line on stdout:
 
-    {"mode": "unary"|"stream", "concurrency": n, "heatmap": bool, "start": t0, "stop": t1}
+    {"mode": "unary"|"stream"|"batch", "concurrency": n, "heatmap": bool, "start": t0, "stop": t1}
       -> {"samples": [[sent, done, inference_seconds], ...], "completed": n, "errors": n, ...}
 
 ``start`` and ``stop`` are ``time.monotonic()`` seconds, a clock every process on the machine
@@ -16,7 +16,9 @@ holds the requests sent at or after ``start`` and answered by ``stop``, ``comple
 answer that arrived inside the window (the throughput count).
 
 - unary: ``concurrency`` threads, each making blocking calls back to back on one shared channel;
-- stream: one bidi stream holding ``concurrency`` requests in flight; a response frees a slot.
+- stream: one bidi stream holding ``concurrency`` requests in flight; a response frees a slot;
+- batch: ``concurrency`` threads of blocking ClassifyBatch calls of 32 images; ``completed``
+  counts images, and ``samples`` one (sent, done, inference_seconds) per call.
 With ``--connections K`` the concurrency is split over K channels, each its own connection
 (K streams in stream mode), as K clients would: a server of several processes shares out
 connections, not calls.
@@ -47,6 +49,9 @@ from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb  # n
 
 CLASSIFY = "/sightline.classifier.v1.ImageClassifier/Classify"
 CLASSIFY_STREAM = "/sightline.classifier.v1.ImageClassifier/ClassifyStream"
+CLASSIFY_BATCH = "/sightline.classifier.v1.ImageClassifier/ClassifyBatch"
+BATCH_SIZE = 32  # images per ClassifyBatch call
+_BATCH_TAG = b"\x0a"  # field 1 (requests), wire type 2
 ECHO_UNARY = "/bench.Echo/Unary"
 ECHO_STREAM = "/bench.Echo/Stream"
 ECHO_REPLY = b"0123456789abcdef"  # the issue's baseline: a handler returning 16 bytes
@@ -70,10 +75,10 @@ class _Window:
         self.errors = 0
         self._lock = threading.Lock()
 
-    def record(self, sent: float, done: float, inference_seconds: float) -> None:
+    def record(self, sent: float, done: float, inference_seconds: float, images: int = 1) -> None:
         with self._lock:
             if self.start <= done <= self.stop:
-                self.completed += 1
+                self.completed += images
                 if sent >= self.start:
                     self.samples.append((sent, done, inference_seconds))
 
@@ -108,6 +113,51 @@ def run_unary(channel: grpc.Channel, api: str, messages: list[bytes], concurrenc
             except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
                 window.error()
                 print(f"loadgen: unary call failed: {exc}", file=sys.stderr)
+            index += concurrency
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def batch_message(messages: list[bytes]) -> bytes:
+    """A serialized ClassifyBatchRequest of serialized ClassifyRequests (field 1, repeated)."""
+    return b"".join(_BATCH_TAG + _varint(len(m)) + m for m in messages)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def run_batch(channel: grpc.Channel, messages: list[bytes], concurrency: int, window: _Window,
+              size: int = BATCH_SIZE) -> None:
+    """``concurrency`` threads of blocking ClassifyBatch calls of ``size`` images each; the
+    window counts images, and one latency sample per call."""
+    call = channel.unary_unary(CLASSIFY_BATCH)
+    batches = [batch_message([messages[(i + j) % len(messages)] for j in range(size)])
+               for i in range(0, len(messages), size)]
+
+    def worker(offset: int) -> None:
+        index = offset
+        while (sent := time.monotonic()) < window.stop:
+            try:
+                answer = pb.ClassifyBatchResponse.FromString(
+                    call(batches[index % len(batches)], timeout=TIMEOUT_S))
+                failed = [r for r in answer.responses if r.HasField("error")]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} errors: {failed[0].error.message}")
+                window.record(sent, time.monotonic(), answer.responses[0].timing.inference_seconds,
+                              images=size)
+            except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
+                window.error()
+                print(f"loadgen: batch call failed: {exc}", file=sys.stderr)
             index += concurrency
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
@@ -163,7 +213,11 @@ def run_stream(channel: grpc.Channel, api: str, messages: list[bytes], concurren
 def run_on_channels(channels: list[grpc.Channel], mode: str, api: str, messages: list[bytes],
                     concurrency: int, window: _Window) -> None:
     """The command's concurrency split over the channels (connections), one thread each."""
-    run = run_unary if mode == "unary" else run_stream
+    if mode == "batch":
+        run = lambda channel, api, messages, share, window: run_batch(  # noqa: E731
+            channel, messages, share, window)
+    else:
+        run = run_unary if mode == "unary" else run_stream
     shares = [concurrency // len(channels) + (i < concurrency % len(channels))
               for i in range(len(channels))]
     threads = [threading.Thread(target=run, args=(channel, api, messages, share, window),
