@@ -136,3 +136,22 @@ def test_no_image_is_decoded_once_its_deadline_has_passed(plane, monkeypatch):
     with pytest.raises(DeadlineExceeded, match="deadline passed before the image"):
         inference.submit(image=png(), deadline=time.monotonic() - 0.001)
     assert decoded == []
+
+
+def test_made_ids_are_unique_in_a_process_and_across_a_fork():
+    import os
+
+    from serving.inference.types import request_id_for
+
+    made = [request_id_for() for _ in range(10_000)]
+    assert len(set(made)) == len(made) and all(len(i) == 32 and int(i, 16) >= 0 for i in made)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # a worker of --processes: its ids must not repeat its siblings'
+        os.write(write_end, request_id_for().encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    with os.fdopen(read_end) as pipe:
+        theirs = pipe.read()
+    assert len(theirs) == 32 and theirs[:16] != made[0][:16] and theirs not in made
