@@ -27,6 +27,7 @@ from tests.serving.conftest import MODEL, classify_request, image_bytes
 
 PROCESSES = ("--processes", "2")
 REQUESTS = 60
+MIN_REQUESTS = 80  # per arm, for the experiment test
 
 
 def worker_metrics(server, count: int = 2, timeout: float = 10.0) -> list[str]:
@@ -132,11 +133,12 @@ def test_a_process_that_dies_takes_the_server_down_with_it(fleet):
 
 def test_an_experiment_is_decided_on_every_process_counts_and_both_follow(fleet, deployable,
                                                                           tmp_path):
-    """min_requests 60 per arm and 200 requests spread over two processes: neither has enough
-    alone (about 50 per arm each), together they do; the rollback reaches both."""
+    """min_requests 80 per arm and 200 requests spread over two processes: neither has enough
+    alone (about 50 per arm each; the kernel's spread of connections is uneven, one CI run
+    gave 60 to one), together they do (about 100 per arm); the rollback reaches both."""
     deploy(rotated_labels(deployable("gap"), tmp_path), fleet.repository)  # v2: always wrong
-    guardrails = {"min_requests": 60, "min_feedback": 60, "max_error_rate_increase": 0.05,
-                  "max_latency_p99_ratio": 50.0, "alpha": 0.05}
+    guardrails = {"min_requests": MIN_REQUESTS, "min_feedback": MIN_REQUESTS,
+                  "max_error_rate_increase": 0.05, "max_latency_p99_ratio": 50.0, "alpha": 0.05}
     (fleet.repository / "experiments.yaml").write_text(yaml.safe_dump(
         {"experiments": [experiment(guardrails=guardrails)]}))
     (server,) = fleet.start(1, args=[*PROCESSES, "--version-policy", "all",
@@ -153,7 +155,8 @@ def test_an_experiment_is_decided_on_every_process_counts_and_both_follow(fleet,
                 pb.ClassifyRequest(image=image, request_id=f"u{i}"), timeout=10))
     per_process = [[value for (name, labels), value in scrape(url).items()
                     if name == "sightline_ab_requests_total"] for url in urls]
-    assert all(0 < count < 60 for counts in per_process for count in counts), per_process
+    assert all(0 < count < MIN_REQUESTS for counts in per_process for count in counts), (
+        per_process)
     with grpc.insecure_channel(server.address) as channel:
         ab = xpb_grpc.ExperimentsStub(channel)
         sent = ab.SendFeedback(xpb.SendFeedbackRequest(feedback=[
