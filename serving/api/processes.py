@@ -40,6 +40,7 @@ from serving.card import CardError, ReferenceStats, load_card
 from serving.config import ConfigError, ServerConfig
 from serving.observe.merge import MergedCollector, merge, with_drift_of_all
 from serving.observe.metrics_http import MetricsServer
+from serving.repository.loader import LoadError
 from serving.routing.controller import Controller
 from serving.routing.experiment import ExperimentFile
 from serving.routing.feedback import FeedbackKey
@@ -131,6 +132,9 @@ def _run_worker(config: ServerConfig, key: FeedbackKey, write_end: int, serve_on
         serve_one(config, key, on_metrics_port)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    except (ConfigError, LoadError, OSError) as exc:  # as one server says it (exit 2)
+        log.error("cannot serve: %s", exc)
+        return 2
     except BaseException:
         log.exception("server process failed")
         return 1

@@ -186,3 +186,13 @@ def test_a_second_server_cannot_join_the_port_of_one_with_processes(fleet):
     assert second.wait_exit(timeout=30) == 2
     assert f"cannot listen on {second.host}:{first.port}" in second.log_path.read_text()
     first.wait_serving(timeout=5)
+
+
+def test_a_model_that_cannot_load_ends_the_server_as_one_process_would(fleet, tmp_path):
+    """Exit 2 and one line saying why, from each process, not a traceback and exit 1."""
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    (server,) = fleet.start(1, args=[*PROCESSES, "--model-dir", str(empty)], wait=False)
+    assert server.wait_exit(timeout=60) == 2
+    log = server.log_path.read_text()
+    assert "cannot serve:" in log and "Traceback" not in log, log[-3000:]
