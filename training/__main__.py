@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("artifact", type=Path)
     evaluate.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                           help="average over the image and its mirror (default: as trained)")
+    evaluate.add_argument("--tta-translate", action=argparse.BooleanOptionalAction, default=None,
+                          help="also over it moved a pixel each way (default: as trained)")
 
     quantize = commands.add_parser("quantize", help="convert to TFLite, verify, gate int8")
     quantize.add_argument("artifact", type=Path)
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if not args.artifact.is_dir():
                 raise UserError(f"artifact directory not found: {args.artifact}")
-            print(format_metrics(evaluate_artifact(args.artifact, args.tta_flip)))
+            print(format_metrics(evaluate_artifact(args.artifact, args.tta_flip,
+                                                    args.tta_translate)))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

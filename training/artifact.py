@@ -29,9 +29,8 @@ class Artifact:
 
 
 def load_artifact(path: str | Path) -> Artifact:
-    import keras
-
     from training.data import load_dataset
+    from training.models import load_model
 
     path = Path(path)
     if not (path / "model.keras").is_file():
@@ -47,7 +46,7 @@ def load_artifact(path: str | Path) -> Artifact:
         card=card,
         config=config,
         dataset=dataset,
-        model=keras.models.load_model(path / "model.keras", compile=False),
+        model=load_model(path / "model.keras"),
     )
 
 

@@ -49,6 +49,18 @@ def _hard_swish(x):
     return x * tf.clip_by_value(x + 3.0, 0.0, 6.0) / 6.0, grad
 
 
+@tf.custom_gradient
+def _global_max(x):
+    """(N, h, w, C) -> (N, C), with reduce_max's gradient (shared among ties) in builtin ops."""
+    top = tf.reduce_max(x, axis=[1, 2], keepdims=True)
+
+    def grad(dy):
+        winners = tf.cast(tf.equal(x, top), dy.dtype)
+        return dy[:, None, None, :] * winners / tf.reduce_sum(winners, axis=[1, 2], keepdims=True)
+
+    return top[:, 0, 0, :], grad
+
+
 _ACTIVATIONS = {"linear": tf.identity, "relu": _relu, "hard_silu": _hard_swish,
                 "hard_swish": _hard_swish}
 
@@ -108,6 +120,8 @@ def _head_fn(layers):
                 x = tf.reshape(x, [tf.shape(x)[0], -1])
             elif isinstance(layer, keras.layers.GlobalAveragePooling2D):
                 x = tf.reduce_mean(x, axis=[1, 2])
+            elif isinstance(layer, keras.layers.GlobalMaxPooling2D):
+                x = _global_max(x)
             elif isinstance(layer, keras.layers.Rescaling):
                 x = x * layer.scale + layer.offset
             elif not isinstance(layer, keras.layers.Dropout):

@@ -74,6 +74,9 @@ class ModelConfig:
     squeeze_excite: bool = False  # resnet: add SE blocks (Hu et al. 2018)
     dropout: float = 0.5  # after dense layers, as in the seed
     l2: float = 1e-3  # kernel L2 penalty, the seed's value
+    pool: str = "avg"  # airbench's global pool before the logits: avg, or max as airbench has it
+    logit_scale: float = 1 / 9  # airbench: pooled features are scaled by this before the logits
+    bias_lr_scale: float = 1.0  # airbench: BatchNorm biases learn this many times faster (64)
 
 
 @dataclass
@@ -103,6 +106,7 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     tta_flip: bool = False  # average predictions over the image and its mirror
+    tta_translate: bool = False  # and over it moved a pixel either way (airbench's multi-crop)
 
 
 @dataclass
@@ -138,8 +142,10 @@ _CHOICES = {
     "optim.schedule": SCHEDULES,
     "augment.fill_mode": ("reflect", "wrap", "constant", "nearest"),
     "augment.interpolation": ("bilinear", "nearest"),
+    "model.pool": ("avg", "max"),
 }
-_POSITIVE = ("epochs", "batch_size", "data.image_size", "data.num_images", "model.width")
+_POSITIVE = ("epochs", "batch_size", "data.image_size", "data.num_images", "model.width",
+             "model.logit_scale", "model.bias_lr_scale")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

@@ -13,17 +13,32 @@ import numpy as np
 
 from serving.card import save_card
 
-__all__ = ["classification_metrics", "evaluate_artifact", "format_metrics", "predict"]
+__all__ = ["classification_metrics", "evaluate_artifact", "format_metrics", "predict",
+           "tta_views"]
 
-def predict(model, images: np.ndarray, batch_size: int, tta_flip: bool = False) -> np.ndarray:
-    """(N, H, W, 3) raw pixels -> (N, classes) probabilities; with ``tta_flip``, the mean over
-    the image and its horizontal mirror."""
+def predict(model, images: np.ndarray, batch_size: int, tta_flip: bool = False,
+            tta_translate: bool = False) -> np.ndarray:
+    """(N, H, W, 3) raw pixels -> (N, classes) probabilities, averaged over the test-time views
+    of ``tta_views``."""
     x = images.astype(np.float32)
-    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
-    if tta_flip:
-        probabilities = (probabilities + model.predict(x[:, :, ::-1], batch_size=batch_size,
-                                                       verbose=0)) / 2
+    probabilities = sum(weight * model.predict(view, batch_size=batch_size, verbose=0)
+                        for weight, view in tta_views(x, tta_flip, tta_translate))
     return np.asarray(probabilities, dtype=np.float64)
+
+
+def tta_views(images: np.ndarray, flip: bool, translate: bool) -> list[tuple[float, np.ndarray]]:
+    """(weight, images) pairs whose weights sum to 1. ``flip``: the image and its mirror.
+    ``translate`` (airbench's multi-crop): half the weight on those, and a quarter each on the
+    image moved one pixel up-left and one down-right, reflect-padded, each with its mirror too."""
+    shifted = []
+    if translate:
+        padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        h, w = images.shape[1:3]
+        shifted = [padded[:, :h, :w], padded[:, 2:h + 2, 2:w + 2]]
+    groups = [(0.5 if translate else 1.0, images)] + [(0.25, view) for view in shifted]
+    if not flip:
+        return groups
+    return [(weight / 2, view) for weight, base in groups for view in (base, base[:, :, ::-1])]
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
@@ -66,15 +81,19 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(rows)
 
 
-def evaluate_artifact(artifact_dir: str | Path, tta_flip: bool | None = None) -> dict:
-    """Reload the artifact's model and dataset split, recompute the metrics, update the card."""
+def evaluate_artifact(artifact_dir: str | Path, tta_flip: bool | None = None,
+                      tta_translate: bool | None = None) -> dict:
+    """Reload the artifact's model and dataset split, recompute the metrics, update the card;
+    the test-time augmentation is the config's unless given."""
     from training.artifact import load_artifact
 
     artifact = load_artifact(artifact_dir)
     card, config, dataset = artifact.card, artifact.config, artifact.dataset
-    tta = config.eval.tta_flip if tta_flip is None else tta_flip
-    probabilities = predict(artifact.model, dataset.val_images, config.batch_size, tta)
+    flip = config.eval.tta_flip if tta_flip is None else tta_flip
+    translate = config.eval.tta_translate if tta_translate is None else tta_translate
+    probabilities = predict(artifact.model, dataset.val_images, config.batch_size, flip,
+                            translate)
     metrics = classification_metrics(dataset.val_labels, probabilities, dataset.class_names)
-    card.metrics["evaluation"] = {**metrics, "tta_flip": tta}
+    card.metrics["evaluation"] = {**metrics, "tta_flip": flip, "tta_translate": translate}
     save_card(card, artifact_dir)
     return metrics

@@ -98,7 +98,8 @@ def train(config: Config, artifact_dir: Path | None = None,
     )
     seconds = time.perf_counter() - started
 
-    probabilities = predict(model, dataset.val_images, config.batch_size, config.eval.tta_flip)
+    probabilities = predict(model, dataset.val_images, config.batch_size, config.eval.tta_flip,
+                            config.eval.tta_translate)
     metrics = classification_metrics(dataset.val_labels, probabilities, dataset.class_names)
     epochs_run = len(history.history.get("loss", []))
     images_per_second = epochs_run * steps_per_epoch * config.batch_size / max(seconds, 1e-9)
@@ -122,6 +123,7 @@ def train(config: Config, artifact_dir: Path | None = None,
             "workers": worker.count,
             "replicas_in_sync": int(strategy.num_replicas_in_sync),
             "tta_flip": config.eval.tta_flip,
+            "tta_translate": config.eval.tta_translate,
         },
     )
     if scratch is not None:

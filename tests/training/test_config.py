@@ -58,6 +58,8 @@ def test_overrides_reach_top_level_and_sections(tmp_path):
         ("data.image_size=300", "image_size must be within 16-224"),
         ("model.dropout=1.2", "'model.dropout' must be in [0, 1)"),
         ("optim.learning_rate=-1", "learning_rate must be > 0"),
+        ("model.pool=min", "'model.pool' must be one of avg, max"),
+        ("model.bias_lr_scale=0", "'model.bias_lr_scale' must be > 0"),
     ],
 )
 def test_bad_values_name_the_key_and_value(override, message):

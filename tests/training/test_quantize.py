@@ -1,7 +1,6 @@
 """Quantization: every mode verified with LiteRT, the int8 gate, and Grad-CAM parity of the
 TFLite model against a TensorFlow GradientTape reference on the Keras model."""
 
-import keras
 import numpy as np
 import pytest
 
@@ -13,10 +12,11 @@ from serving.runtime.interpreter import TFLiteModel
 from training.cam_export import reference_cam_inputs
 from training.config import load_config
 from training.data import load_dataset
+from training.models import load_model
 from training.quantize import QuantizationGateError, quantize_artifact
 
 
-@pytest.fixture(scope="module", params=["gap", "dense"])
+@pytest.fixture(scope="module", params=["gap", "dense", "max"])
 def quantized(request, trained):
     artifact = trained(request.param)
     report = quantize_artifact(artifact, ["int8", "float32", "float16", "dynamic"],
@@ -47,7 +47,7 @@ def test_every_mode_is_written_verified_and_recorded(quantized):
     # tiny, briefly trained test models; the issue's 98.5% is measured on CIFAR-10 (benchmarks)
     assert report.variants["int8"].agreement >= 0.8
     assert report.variants["int8"].bytes < 0.4 * report.variants["float32"].bytes
-    head = GAP_HEAD if kind == "gap" else GRADIENT_HEAD  # the "dense" recipe: flatten + dense
+    head = GAP_HEAD if kind == "gap" else GRADIENT_HEAD  # "dense": flatten + dense; "max"
     assert card.cam.head == card.model.head == head  # one rule wrote both
     assert card.served_files == (["model.tflite", "cam_head.npy"] if head == GAP_HEAD
                                  else ["model.tflite"])
@@ -79,7 +79,7 @@ def served_and_reference_heatmaps(artifact, file):
     (a flat map has no correlation to speak of)."""
     images, targets = images_of(artifact)
     gradcam = get_method("gradcam")
-    model = keras.models.load_model(artifact / "model.keras", compile=False)
+    model = load_model(artifact / "model.keras")
     reference = gradcam(*reference_cam_inputs(model, images, targets))
     heatmaps = gradcam(*tflite_cam_inputs(artifact, file, images, targets))
     informative = reference.std(axis=(1, 2)) > 0

@@ -40,6 +40,7 @@ __all__ = [
     "OUTPUT_LAYER",
     "build_model",
     "initialize_from_data",
+    "load_model",
 ]
 
 FEATURE_LAYER = "features"
@@ -87,3 +88,13 @@ def initialize_from_data(model: keras.Model, images: np.ndarray) -> None:
     if airbench.WHITEN_LAYER in {layer.name for layer in model.layers}:
         airbench.initialize_from_data(model, images)
 
+
+
+def load_model(path) -> keras.Model:
+    """A saved ``model.keras``, with every family's custom layers registered first (airbench's
+    ``ScaledBias``): a fresh process that imported no family could not rebuild them."""
+    import keras
+
+    for module in set(MODELS.values()):
+        importlib.import_module(f"{__name__}.{module}")
+    return keras.models.load_model(path, compile=False)

@@ -9,13 +9,18 @@ With w = config.width (w=64 gives airbench94's 64/256/256) on a 32 px input:
     -> block(w):  Conv3x3 -> MaxPool2 -> BN -> GELU -> Conv3x3 -> BN -> GELU   (N, 15, 15, w)
     -> block(4w)                                                               (N, 7, 7, 4w)
     -> block(4w), last GELU "features"                                         (N, 3, 3, 4w)
-    -> GlobalAveragePooling -> Rescaling(1/9) -> Dense(num_classes, no bias) "logits"
+    -> GlobalAveragePooling (or GlobalMaxPooling, config.pool) -> Rescaling(config.logit_scale,
+       1/9) -> Dense(num_classes, no bias) "logits"
 
 The whitening conv is set from the data by ``initialize_from_data`` (the eigenvectors of the
 2x2 patch covariance, each scaled by 1/sqrt(eigenvalue + 5e-4), with their negations) and is
 never trained. 3x3 convs have no bias and a Dirac (identity) start on their first in-channels
 filters. BatchNorm: no trained scale, Keras momentum 0.9 (airbench94's 0.6 in PyTorch terms
-made the running statistics follow single batches of 64), epsilon 1e-12.
+made the running statistics follow single batches of 64), epsilon 1e-12. With
+``config.bias_lr_scale`` s != 1 (airbench's 64) each BatchNorm bias is a ``ScaledBias``: a
+variable v used as sqrt(s) * v, so plain SGD moves the bias s times as fast as the other
+weights, while the L2 penalty on v decays it as much as theirs, which is what airbench's own
+parameter groups do (lr x 64, weight decay / 64). Keras has no per-variable learning rate.
 Differences from airbench94: a global average pool instead of its MaxPool2d(3) (Grad-CAM
 needs a GAP head), and the whitening bias is not trained for the first 3 epochs (no bias).
 ``config.depth``, ``squeeze_excite`` and ``dropout`` are ignored: airbench has none of them.
@@ -28,14 +33,13 @@ import numpy as np
 
 from training.config import ModelConfig
 
-__all__ = ["WHITEN_LAYER", "build", "initialize_from_data"]
+__all__ = ["WHITEN_LAYER", "ScaledBias", "build", "initialize_from_data"]
 
 WHITEN_LAYER = "whiten"
 WHITEN_EPS = 5e-4  # airbench's eps in init_whitening_conv
 MAX_IMAGES = 5000  # airbench whitens from 5,000 training images
 MAX_PATCHES = 5_000_000  # bounds the work for large images: 5,000 CIFAR images give 4.8M
 CHUNK_PATCHES = 500_000  # patches per covariance update: about 50 MB at a time
-LOGIT_SCALE = 1 / 9  # airbench's scaling_factor
 BN_MOMENTUM = 0.9  # Keras' (PyTorch 0.1, airbench's ablations); 94's 0.4 is noisy at small batch
 BN_EPSILON = 1e-12
 
@@ -53,13 +57,14 @@ def build(x, config: ModelConfig, num_classes: int):
     for i, width in enumerate(widths, 1):
         x = _conv(x, width, reg, f"block{i}_conv1")
         x = keras.layers.MaxPool2D(name=f"block{i}_pool")(x)
-        x = _batch_norm(x, f"block{i}_bn1")
+        x = _batch_norm(x, config, reg, f"block{i}_bn1")
         x = keras.layers.Activation("gelu", name=f"block{i}_gelu1")(x)
         x = _conv(x, width, reg, f"block{i}_conv2")
-        x = _batch_norm(x, f"block{i}_bn2")
+        x = _batch_norm(x, config, reg, f"block{i}_bn2")
         x = keras.layers.Activation("gelu", name="features" if i == 3 else f"block{i}_gelu2")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # (N, 4w)
-    x = keras.layers.Rescaling(LOGIT_SCALE, name="logit_scale")(x)
+    pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
+    x = pool[config.pool](name="pool")(x)  # (N, 4w)
+    x = keras.layers.Rescaling(config.logit_scale, name="logit_scale")(x)
     return keras.layers.Dense(num_classes, use_bias=False, kernel_regularizer=reg, name="logits")(x)
 
 
@@ -79,10 +84,37 @@ def _conv(x, filters, reg, name):
     return x
 
 
-def _batch_norm(x, name):
-    return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale=False, name=name
+def _batch_norm(x, config: ModelConfig, reg, name):
+    separate_bias = config.bias_lr_scale != 1.0
+    x = keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale=False, center=not separate_bias,
+        name=name,
     )(x)
+    if separate_bias:
+        x = ScaledBias(config.bias_lr_scale, regularizer=reg, name=f"{name}_bias")(x)
+    return x
+
+
+@keras.saving.register_keras_serializable("sightline")
+class ScaledBias(keras.layers.Layer):
+    """x + sqrt(lr_scale) * v per channel: the gradient step on v, scaled back, moves the bias
+    lr_scale times as far as a plain bias would move."""
+
+    def __init__(self, lr_scale: float, regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.lr_scale = lr_scale
+        self.regularizer = keras.regularizers.get(regularizer)
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros",
+                                    regularizer=self.regularizer, name="bias")
+
+    def call(self, x):
+        return x + keras.ops.cast(self.bias * self.lr_scale**0.5, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "lr_scale": self.lr_scale,
+                "regularizer": keras.regularizers.serialize(self.regularizer)}
 
 
 def initialize_from_data(model: keras.Model, images: np.ndarray) -> None:

@@ -39,7 +39,8 @@ def write_report(artifact_dir: str | Path) -> Path:
     evaluation = card.metrics["evaluation"]
     # the same predictions as the card's metrics, so the mistakes shown match its matrix
     probabilities = predict(model, dataset.val_images, config.batch_size,
-                            evaluation.get("tta_flip", False))
+                            evaluation.get("tta_flip", False),
+                            evaluation.get("tta_translate", False))
     images, labels, names = dataset.val_images, dataset.val_labels, dataset.class_names
     predicted, confidence = probabilities.argmax(1), probabilities.max(1)
 

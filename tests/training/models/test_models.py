@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -161,3 +163,60 @@ def test_mixed_bfloat16_keeps_float32_probabilities(name, mixed_bfloat16):
     mixed = _build(TINY[name])
     assert mixed.get_layer(FEATURE_LAYER).compute_dtype == "bfloat16"
     assert mixed(_pixels(2), training=False).dtype == "float32"
+
+
+def test_airbench_max_pool_head_takes_the_gradient_path():
+    """A max-pool head's gradient depends on the input: no constant W_eff, so cam_inputs must
+    be the in-graph gradient (checked against GradientTape in test_quantize)."""
+    model = _build(dataclasses.replace(TINY["airbench"], pool="max"))
+    assert isinstance(model.get_layer("pool"), keras.layers.GlobalMaxPooling2D)
+    assert head_kind(model) == GRADIENT_HEAD and affine_head(model) is None
+
+
+def test_scaled_bias_moves_lr_scale_times_as_far_as_a_plain_bias():
+    """One SGD step on the same upstream gradient: a ScaledBias(64) moves its effective bias 64
+    times as far as a plain bias would (airbench's 64x rate for BatchNorm biases)."""
+    from training.models.airbench import ScaledBias
+
+    layer = ScaledBias(64.0)
+    x = np.zeros((4, 3), "float32")
+    layer.build(x.shape)
+    upstream = np.array([0.5, -1.0, 2.0], "float32")
+    rate = 0.01
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = keras.ops.sum(layer(x) * upstream)
+    (grad,) = tape.gradient(loss, [layer.bias])
+    keras.optimizers.SGD(rate).apply([grad], [layer.bias])
+    effective = keras.ops.convert_to_numpy(layer(x))[0]
+    plain_step = -rate * 4 * upstream  # a plain bias: d loss / d b = 4 * upstream (4 rows)
+    np.testing.assert_allclose(effective, 64 * plain_step, rtol=1e-5)
+
+
+def test_airbench_bias_lr_scale_replaces_batchnorm_centres_and_is_decayed():
+    model = _build(dataclasses.replace(TINY["airbench"], bias_lr_scale=64.0, l2=1e-3))
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and not any(layer.center for layer in norms)
+    biases = [layer.name for layer in model.layers if layer.name.endswith("_bias")]
+    assert biases == [f"{layer.name}_bias" for layer in norms]
+    plain = _build(dataclasses.replace(TINY["airbench"], l2=1e-3))
+    assert len(model.losses) == len(plain.losses) + len(norms)  # an L2 term per bias
+
+
+def test_airbench_with_scaled_biases_survives_a_save_and_load(tmp_path):
+    model = _build(dataclasses.replace(TINY["airbench"], bias_lr_scale=64.0))
+    bias = model.get_layer("block1_bn1_bias").bias
+    bias.assign(np.linspace(-1, 1, bias.shape[0]).astype("float32"))
+    model.save(tmp_path / "model.keras")
+    images = _pixels(2)
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "expected.npy", keras.ops.convert_to_numpy(model(images)))
+    # a fresh process, which has imported no model family, as `training evaluate` is
+    script = ("import sys, numpy as np; from training.models import load_model; "
+              "d = sys.argv[1]; m = load_model(d + '/model.keras'); "
+              "np.testing.assert_allclose(np.asarray(m(np.load(d + '/images.npy'))), "
+              "np.load(d + '/expected.npy'), rtol=1e-5, atol=1e-6)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
