@@ -89,7 +89,6 @@ def initialize_from_data(model: keras.Model, images: np.ndarray) -> None:
         airbench.initialize_from_data(model, images)
 
 
-
 def load_model(path) -> keras.Model:
     """A saved ``model.keras``, with every family's custom layers registered first (airbench's
     ``ScaledBias``): a fresh process that imported no family could not rebuild them."""

@@ -21,8 +21,9 @@ made the running statistics follow single batches of 64), epsilon 1e-12. With
 variable v used as sqrt(s) * v, so plain SGD moves the bias s times as fast as the other
 weights, while the L2 penalty on v decays it as much as theirs, which is what airbench's own
 parameter groups do (lr x 64, weight decay / 64). Keras has no per-variable learning rate.
-Differences from airbench94: a global average pool instead of its MaxPool2d(3) (Grad-CAM
-needs a GAP head), and the whitening bias is not trained for the first 3 epochs (no bias).
+Differences from airbench94: the pool is a global average unless ``config.pool`` is max (its
+MaxPool2d(3) on the 3x3 map; Grad-CAM then takes an in-graph gradient, training/cam_export.py),
+and the whitening bias is not trained for the first 3 epochs (no bias).
 ``config.depth``, ``squeeze_excite`` and ``dropout`` are ignored: airbench has none of them.
 """
 
