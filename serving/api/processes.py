@@ -75,6 +75,10 @@ def serve_processes(config: ServerConfig, serve_one) -> int:
     for signum in SHUTDOWN_SIGNALS:  # before the fork: a signal in between is not lost
         signal.signal(signum, forward)
     ports: dict[int, int] = {}  # index -> its metrics port, once it reported it
+    read = _reader(config, ports)
+    # Before the fork: every experiment's window starts before any worker counts, so the
+    # workers' first requests fall inside it, and the workers restore the state saved here.
+    controller = _experiments_controller(config, read)
     readers = []
     for index in range(count):
         read_end, write_end = os.pipe()
@@ -89,9 +93,8 @@ def serve_processes(config: ServerConfig, serve_one) -> int:
              ", ".join(str(pid) for pid in workers))
     for index, read_end in readers:
         threading.Thread(target=_read_port, args=(index, read_end, ports), daemon=True).start()
-    read = _reader(config, ports)
     metrics = _merged_metrics(config, read) if config.metrics_port >= 0 else None
-    deciding = _decide_experiments(config, read, stopping)
+    deciding = _decide_in_background(controller, config, stopping)
     if stopping.is_set():  # signalled while forking: the workers forked since missed it
         for pid in workers:
             _signal(pid, signal.SIGTERM)
@@ -210,13 +213,22 @@ class _References:
         return self._found[model, version]
 
 
-def _decide_experiments(config: ServerConfig, read, stopping: threading.Event):
-    """The decision thread (None without experiments): every ``decide_seconds``, the
-    experiments that servers decide, judged on all the processes' counts."""
+def _experiments_controller(config: ServerConfig, read) -> Controller | None:
+    """The controller of the experiments that servers decide, judged on all the processes'
+    counts (None without experiments), after its first look."""
     path, store = where_experiments_live(config)
     if path is None or store is None:
         return None
     controller = Controller(ExperimentFile(path), store, LocalCounts(read), decides="server")
+    controller.tick()
+    return controller
+
+
+def _decide_in_background(controller: Controller | None, config: ServerConfig,
+                          stopping: threading.Event) -> threading.Thread | None:
+    """The decision thread: the controller looks again every ``decide_seconds``."""
+    if controller is None:
+        return None
 
     def run():
         while not stopping.wait(config.decide_seconds):
@@ -230,9 +242,11 @@ def _decide_experiments(config: ServerConfig, read, stopping: threading.Event):
 class LocalCounts:
     """``Controller`` counts from the workers' own totals: each experiment's counters now,
     less what they were when its window began, in the answer shape ``fleet_counts`` reads.
-    A window that began before this object saw it (a state restored from disk, or saved by a
-    worker for an operator's action) begins at the next look, so it judges only what it has
-    seen from start to end: at most one decide interval of traffic is left out."""
+    The first look comes before the workers are forked, so a window open then (a new
+    experiment's, or one restored from disk) counts all of their traffic. A window that began
+    later, before this object saw it (saved by a worker for an operator's action, or a new
+    experiment a worker read from the file first), begins at the next look, so it judges only
+    what it has seen from start to end: at most one decide interval of traffic is left out."""
 
     def __init__(self, read):
         self.read = read
