@@ -181,7 +181,7 @@ bench-server: install
 # A 10x burst: goodput against capacity, refusal latency, work for departed clients.
 bench-overload: install
 	@test -n "$(BENCH_SMALL)" || { echo "bench-overload: no shapes artifact: make train quantize"; exit 2; }
-	$(BIN)/python benchmarks/bench_overload.py --model $(BENCH_SMALL) --heatmap
+	$(BIN)/python benchmarks/bench_overload.py --model $(BENCH_SMALL) --heatmap --pin
 
 # Peak memory under a flood of 2 KB PNGs that decode to 4096 x 4096.
 bench-decode-memory: install

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,7 +52,9 @@ class Phase:
 
 
 def run(target: str, concurrency: int, seconds: float, deadline: float,
-        request: bytes) -> Phase:
+        request: bytes, start_at: float | None = None) -> Phase:
+    """``start_at`` (time.time()): when the clients start, so that several processes' clients
+    start together, after their imports and connections, none of which is timed."""
     phase = Phase(concurrency, seconds)
     start = threading.Barrier(concurrency + 1)
     ends = [0.0]
@@ -66,14 +69,18 @@ def run(target: str, concurrency: int, seconds: float, deadline: float,
             except grpc.RpcError as exc:
                 status = exc.code().name
             phase.latencies[status].append(time.monotonic() - sent)
-            if status != "OK":
-                time.sleep(BACKOFF_SECONDS)
+            if status != "OK":  # jittered, as gRPC's retry backoff is: no synchronised waves
+                time.sleep(random.uniform(0, 2 * BACKOFF_SECONDS))
 
     channels = [grpc.insecure_channel(target) for _ in range(max(1, concurrency // 16))]
+    for channel in channels:  # connected before the clients start: no handshake is timed
+        grpc.channel_ready_future(channel).result(timeout=30)
     threads = [threading.Thread(target=client, args=(channels[i % len(channels)],))
                for i in range(concurrency)]
     for thread in threads:
         thread.start()
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.time()))
     ends[0] = time.monotonic() + seconds
     start.wait()
     for thread in threads:
@@ -88,14 +95,15 @@ def _run_plain(args) -> dict[str, list[float]]:
 
 
 def run_in_processes(target: str, concurrency: int, seconds: float, deadline: float,
-                     request: bytes, processes: int = 4) -> Phase:
+                     request: bytes, processes: int = 4, lead: float = 3.0) -> Phase:
     """``run`` with the clients spread over ``processes`` spawned processes (not forked: gRPC
-    does not survive a fork)."""
+    does not survive a fork), all starting ``lead`` seconds from now, once spawned."""
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     context = multiprocessing.get_context("spawn")
+    start_at = time.time() + lead
     with context.Pool(processes) as pool:
-        parts = pool.map(_run_plain, [(target, n, seconds, deadline, request) for n in shares
-                                      if n])
+        parts = pool.map(_run_plain, [(target, n, seconds, deadline, request, start_at)
+                                      for n in shares if n])
     phase = Phase(concurrency, seconds)
     for part in parts:
         for status, latencies in part.items():

@@ -54,6 +54,9 @@ class ServerConfig:
     grpc_threads: int = 128  # the most unary calls in flight
     max_streams: int = 32  # the most streaming calls open (ClassifyStream, reflection)
     stream_idle_seconds: float = 30.0  # a ClassifyStream with nothing sent or owed is closed
+    # A unary call is refused at once when the wait it can expect exceeds this share of what its
+    # deadline leaves (serving/api/admission.py says why only a share).
+    admit_wait_share: float = 1 / 3
 
     # Dynamic batching, per model version.
     # Batching: the defaults are BatchPolicy's (serving/batching/policy.py), written once.
@@ -129,6 +132,8 @@ class ServerConfig:
         for name in ("drain_seconds", "grace_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if not 0 < self.admit_wait_share <= 1:
+            raise ConfigError(f"admit_wait_share must be in (0, 1]; got {self.admit_wait_share}")
         if self.processes < 0:
             raise ConfigError(f"processes must be >= 0 (0: one per core); got {self.processes}")
         if self.max_concurrent_decodes < 0:

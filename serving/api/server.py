@@ -219,7 +219,7 @@ def create_server(config: ServerConfig, port: int | None = None,
     tokens = read_tokens(config.auth_token_file) if config.auth_token_file else None
     admin_tokens = read_tokens(config.admin_token_file) if config.admin_token_file else None
     admission = Admission(
-        config.grpc_threads, config.max_streams,
+        config.grpc_threads, config.max_streams, wait_share=config.admit_wait_share,
         on_refused=None if metrics is None else (
             lambda reason: metrics.rejected_request(reason, "Overloaded")))
     grpc_server = grpc.server(

@@ -31,6 +31,8 @@ def test_precedence_defaults_file_environment_flags(tmp_path):
      "must exceed max_image_bytes"),
     (["--max-streams", "0"], {}, "max_streams must be positive"),
     (["--stream-idle-seconds", "0"], {}, "stream_idle_seconds must be positive"),
+    (["--admit-wait-share", "0"], {}, r"admit_wait_share must be in \(0, 1\]; got 0.0"),
+    (["--admit-wait-share", "1.5"], {}, r"admit_wait_share must be in \(0, 1\]; got 1.5"),
 ])
 def test_bad_settings_are_refused_by_name(argv, env, message):
     with pytest.raises(ConfigError, match=message):

@@ -210,7 +210,8 @@ def test_expected_wait_is_littles_law_when_busy(calls, interval, expected):
 
 def test_a_call_that_would_miss_its_deadline_is_refused_at_once():
     """A method that serves one call at a time, 20 ms each: with 20 calls in flight a new one
-    waits ~0.4 s, so one with a 0.1 s deadline is refused at once, and one with 5 s is served."""
+    waits ~0.4 s, so one with a 0.1 s deadline is refused at once, and one with 5 s is served.
+    With half the deadline as the most a call may expect to wait, 0.6 s is refused too."""
     lock, refused, stop = threading.Lock(), [], threading.Event()
 
     def serve_one(request, context):
@@ -218,7 +219,7 @@ def test_a_call_that_would_miss_its_deadline_is_refused_at_once():
             time.sleep(0.02)
         return b"done"
 
-    admission = Admission(64, 4, on_refused=refused.append)
+    admission = Admission(64, 4, on_refused=refused.append, wait_share=0.5)
     server = grpc.server(AdmittedExecutor(admission), interceptors=[admission],
                          maximum_concurrent_rpcs=admission.threads)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Slow", {
@@ -239,10 +240,12 @@ def test_a_call_that_would_miss_its_deadline_is_refused_at_once():
             time.sleep(2.0)  # ~100 completions while busy: the interval is measured
             assert admission.interval == pytest.approx(0.02, rel=0.5)
             started = time.perf_counter()
-            with expect_error(EXHAUSTED, "ms its deadline leaves; retry with backoff"):
+            with expect_error(EXHAUSTED, "more than 50% of the"):
                 call(b"", timeout=0.1)
             assert time.perf_counter() - started < 0.05
-            assert refused == ["would_miss_deadline"]
+            with expect_error(EXHAUSTED, "ms its deadline leaves (admit_wait_share); retry"):
+                call(b"", timeout=0.6)  # ~0.4 s is more than half of 0.6 s
+            assert refused == ["would_miss_deadline"] * 2
             assert call(b"", timeout=5) == b"done"
             stop.set()
             for thread in clients:
