@@ -1,7 +1,8 @@
 """A 10x burst against a server in its own process: goodput against measured capacity, how fast
 refusals come, and how much work is done for clients that left (issue 15's admission targets).
 
-    python benchmarks/bench_overload.py --model MODEL_DIR [--rounds 3] [--heatmap] [--pin] [-- SERVER_FLAGS]
+    python benchmarks/bench_overload.py --model MODEL_DIR [--rounds 3] [--heatmap] [--pin]
+                                         [-- SERVER_FLAGS]
 
 Each round measures capacity (16 closed-loop clients, a 2 s deadline), then a burst of 160
 clients whose deadline is 3x the capacity phase's median latency; refused calls back off

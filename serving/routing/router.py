@@ -97,6 +97,11 @@ class _Arm(Totals):
     latencies: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES))
 
+    def copy(self) -> _Arm:
+        """What ``counts`` reads, copied (under the router's lock: a few µs)."""
+        return _Arm(self.requests, self.errors, self.feedback, self.correct,
+                    latencies=collections.deque(self.latencies))
+
     def counts(self, baseline: _Arm | None = None) -> VariantCounts:
         """The arm's counts; against ``baseline``'s latencies, how likely it is slower."""
         p99 = float(np.percentile(self.latencies, 99)) if self.latencies else float("nan")
@@ -277,10 +282,12 @@ class Router:
                     for key, t in self._totals.items() if key[0] in self._running}
 
     def counts(self, name: str) -> tuple[VariantCounts, VariantCounts]:
+        """Copied under the lock, computed outside it: the statistics take 2-3 ms over 4,096
+        latencies each, and every routed request's ``finished`` waits for this lock."""
         with self._lock:
             arms = self._running[name].arms
-            baseline, candidate = arms[Variant.BASELINE], arms[Variant.CANDIDATE]
-            return baseline.counts(), candidate.counts(baseline)
+            baseline, candidate = arms[Variant.BASELINE].copy(), arms[Variant.CANDIDATE].copy()
+        return baseline.counts(), candidate.counts(baseline)
 
     def reason(self, name: str) -> str:
         """Why the experiment is where it is now: the last decision's words, changed or not."""
