@@ -3,7 +3,12 @@
 Pixels stay raw (float32 in [0, 255]) throughout: standardisation is the model's first layer.
 Labels are one-hot (or soft) so that Mixup and CutMix can blend them.
 
-- Geometric (flip, rotation, translation, zoom): Keras preprocessing layers, per image.
+- Flip and translation: per image, stateless from the batch's seed, so a run's augmentation is
+  the same every time. Translation shifts by whole pixels, as airbench's random crop does.
+- Rotation and zoom: Keras preprocessing layers, per image. Each layer draws from a
+  SeedGenerator of its own, shared state that tf.data's parallel map calls race on: two
+  batches can get the same draws, and a run cannot be repeated exactly. That race is why flip
+  and translation are done here (it gave two consecutive batches identical flips and shifts).
 - Colour (brightness, contrast, saturation, hue): per-image factors drawn here with stateless
   ops, so the ranges mean what the config says (a factor of 0.2 is [0.8, 1.2]).
 - Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019): whole-batch, with a partner image
@@ -17,22 +22,54 @@ import tensorflow as tf
 
 from training.config import AugmentConfig
 
-__all__ = ["build_augmenter", "color_jitter", "cutmix", "geometric_layers", "mixup"]
+__all__ = ["build_augmenter", "color_jitter", "cutmix", "flip_and_shift", "geometric_layers",
+           "mixup"]
 
 
 def geometric_layers(config: AugmentConfig, seed: int) -> list[keras.layers.Layer]:
+    """Rotation and zoom; flip and translation are ``flip_and_shift``."""
     layers = []
-    if config.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     fill = {"fill_mode": config.fill_mode, "interpolation": config.interpolation}
     if config.rotation > 0:  # Keras takes a fraction of a full turn
         layers.append(keras.layers.RandomRotation(config.rotation / 360.0, seed=seed + 1, **fill))
-    if config.translation > 0:
-        t = config.translation
-        layers.append(keras.layers.RandomTranslation(t, t, seed=seed + 2, **fill))
     if config.zoom > 0:
         layers.append(keras.layers.RandomZoom((-config.zoom, config.zoom), seed=seed + 3, **fill))
     return layers
+
+
+def _sources(targets: tf.Tensor, size: tf.Tensor, fill_mode: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """Where each output row (or column) reads from, per Keras' fill modes for a shift smaller
+    than the side: -> (indices in [0, size), which of them are inside the image)."""
+    inside = (targets >= 0) & (targets < size)
+    if fill_mode == "reflect":  # d c b a | a b c d | d c b a
+        targets = tf.where(targets < 0, -targets - 1,
+                           tf.where(targets >= size, 2 * size - targets - 1, targets))
+    elif fill_mode == "wrap":
+        targets = tf.math.floormod(targets, size)
+    return tf.clip_by_value(targets, 0, size - 1), inside  # nearest; constant masks outside
+
+
+def flip_and_shift(images: tf.Tensor, flip: bool, translation: float, fill_mode: str,
+                   seed: tf.Tensor) -> tf.Tensor:
+    """(N, H, W, C) -> the same, each image mirrored with probability 1/2 (``flip``) and shifted
+    by whole pixels, uniform in [-round(translation * side), +round(...)] on each axis."""
+    n, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    if flip:
+        mirrored = tf.random.stateless_uniform([n], seeds[0]) < 0.5
+        images = tf.where(mirrored[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    if translation <= 0:
+        return images
+    masks = []
+    for axis, side, axis_seed in ((1, h, seeds[1]), (2, w, seeds[2])):
+        reach = tf.cast(tf.round(translation * tf.cast(side, tf.float32)), tf.int32)
+        shift = tf.random.stateless_uniform([n, 1], axis_seed, -reach, reach + 1, tf.int32)
+        sources, inside = _sources(tf.range(side)[None, :] - shift, side, fill_mode)
+        images = tf.gather(images, sources, axis=axis, batch_dims=1)
+        masks.append(tf.cast(inside, images.dtype))
+    if fill_mode == "constant":  # Keras' fill value, 0
+        images = images * masks[0][:, :, None, None] * masks[1][:, None, :, None]
+    return images
 
 
 def color_jitter(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
@@ -110,7 +147,10 @@ def build_augmenter(config: AugmentConfig, seed: int):
     colour = any(v > 0 for v in (config.brightness, config.contrast, config.saturation, config.hue))
 
     def augment(images, labels, step_seed):
-        seeds = tf.random.experimental.stateless_split(step_seed, 3)
+        seeds = tf.random.experimental.stateless_split(step_seed, 4)
+        if config.flip or config.translation > 0:
+            images = flip_and_shift(images, config.flip, config.translation, config.fill_mode,
+                                    seeds[3])
         if geometric.layers:
             images = geometric(images, training=True)
         if colour:

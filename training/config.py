@@ -63,7 +63,7 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing; 0 is off (Zhang et al. 2018)
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) box area; 0 is off (Yun et al. 2019)
     fill_mode: str = "reflect"  # how geometric transforms fill the border
-    interpolation: str = "bilinear"  # nearest keeps translations to whole pixels (airbench's crop)
+    interpolation: str = "bilinear"  # rotation and zoom; translations are whole pixels anyway
 
 
 @dataclass

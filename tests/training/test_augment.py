@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.augment import build_augmenter, color_jitter, cutmix, geometric_layers, mixup
+from training.augment import (
+    build_augmenter,
+    color_jitter,
+    cutmix,
+    flip_and_shift,
+    geometric_layers,
+    mixup,
+)
 from training.config import AugmentConfig
 
 OFF = dict(flip=False, rotation=0.0, translation=0.0, zoom=0.0, brightness=0.0, contrast=0.0,
@@ -22,8 +29,7 @@ def seed(i=0):
 
 def test_flip_is_an_exact_mirror_or_identity():
     images, _ = batch(64)
-    (flip,) = geometric_layers(AugmentConfig(**{**OFF, "flip": True}), seed=1)
-    out = flip(images, training=True).numpy()
+    out = flip_and_shift(images, True, 0.0, "reflect", seed(1)).numpy()
     mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images.numpy(), strict=True)]
     same = [np.array_equal(o, i) for o, i in zip(out, images.numpy(), strict=True)]
     assert all(m or s for m, s in zip(mirrored, same, strict=True))
@@ -37,9 +43,26 @@ def test_everything_off_is_identity():
     np.testing.assert_array_equal(out_labels.numpy(), labels.numpy())
 
 
+@pytest.mark.parametrize(("fill_mode", "numpy_mode"), [
+    ("reflect", "symmetric"), ("wrap", "wrap"), ("nearest", "edge"), ("constant", "constant")])
+def test_a_shift_is_a_whole_pixel_crop_of_the_padded_image(fill_mode, numpy_mode):
+    """Each image is its own padded copy cropped at an offset of at most 2 pixels per axis
+    (0.125 x 16), airbench's random crop; every offset is drawn."""
+    images, _ = batch(64, size=16)
+    out = flip_and_shift(images, False, 0.125, fill_mode, seed(2)).numpy()
+    padded = np.pad(images.numpy(), ((0, 0), (2, 2), (2, 2), (0, 0)), mode=numpy_mode)
+    offsets = set()
+    for i in range(64):
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if np.array_equal(out[i], padded[i, dy:dy + 16, dx:dx + 16])]
+        assert len(found) == 1, (i, found)
+        offsets.add(found[0])
+    assert len(offsets) > 15  # of the 25
+
+
 def test_geometric_transforms_change_pixels_and_keep_shape():
     images, _ = batch()
-    for name, value in [("rotation", 15.0), ("translation", 0.1), ("zoom", 0.2)]:
+    for name, value in [("rotation", 15.0), ("zoom", 0.2)]:
         (layer,) = geometric_layers(AugmentConfig(**{**OFF, name: value}), seed=3)
         out = layer(images, training=True)
         assert out.shape == images.shape
@@ -90,3 +113,15 @@ def test_augmenter_is_deterministic_for_a_seed():
     a = build_augmenter(config, seed=5)(images, labels, seed(9))
     b = build_augmenter(config, seed=5)(images, labels, seed(9))
     np.testing.assert_allclose(a[1].numpy(), b[1].numpy())
+
+
+def test_flip_and_translation_follow_the_batch_seed_alone():
+    """The same augmenter twice on one seed gives the same images, and another seed others:
+    no state is carried from call to call (Keras' layers carry it, and tf.data's parallel map
+    calls raced on it)."""
+    images, labels = batch(32)
+    config = AugmentConfig(**{**OFF, "flip": True, "translation": 0.2})
+    augment = build_augmenter(config, seed=5)
+    first, again, other = (augment(images, labels, seed(i))[0].numpy() for i in (9, 9, 10))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
