@@ -3,12 +3,11 @@
 Pixels stay raw (float32 in [0, 255]) throughout: standardisation is the model's first layer.
 Labels are one-hot (or soft) so that Mixup and CutMix can blend them.
 
-- Flip and translation: per image, stateless from the batch's seed, so a run's augmentation is
-  the same every time. Translation shifts by whole pixels, as airbench's random crop does.
-- Rotation and zoom: Keras preprocessing layers, per image. Each layer draws from a
-  SeedGenerator of its own, shared state that tf.data's parallel map calls race on: two
-  batches can get the same draws, and a run cannot be repeated exactly. That race is why flip
-  and translation are done here (it gave two consecutive batches identical flips and shifts).
+- Geometric (flip, translation, rotation, zoom): per image, stateless from the batch's seed, so
+  a run's augmentation is the same every time. Translation shifts by whole pixels, as
+  airbench's random crop does; rotation and zoom are one affine resampling. Keras' preprocessing
+  layers were used before: each draws from a SeedGenerator, state that tf.data's parallel map
+  calls raced on, which gave two consecutive batches identical flips and shifts.
 - Colour (brightness, contrast, saturation, hue): per-image factors drawn here with stateless
   ops, so the ranges mean what the config says (a factor of 0.2 is [0.8, 1.2]).
 - Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019): whole-batch, with a partner image
@@ -17,24 +16,36 @@ Labels are one-hot (or soft) so that Mixup and CutMix can blend them.
 
 from __future__ import annotations
 
-import keras
+import math
+
 import tensorflow as tf
 
 from training.config import AugmentConfig
 
-__all__ = ["build_augmenter", "color_jitter", "cutmix", "flip_and_shift", "geometric_layers",
-           "mixup"]
+__all__ = ["build_augmenter", "color_jitter", "cutmix", "flip_and_shift", "mixup",
+           "rotate_and_zoom"]
 
 
-def geometric_layers(config: AugmentConfig, seed: int) -> list[keras.layers.Layer]:
-    """Rotation and zoom; flip and translation are ``flip_and_shift``."""
-    layers = []
-    fill = {"fill_mode": config.fill_mode, "interpolation": config.interpolation}
-    if config.rotation > 0:  # Keras takes a fraction of a full turn
-        layers.append(keras.layers.RandomRotation(config.rotation / 360.0, seed=seed + 1, **fill))
-    if config.zoom > 0:
-        layers.append(keras.layers.RandomZoom((-config.zoom, config.zoom), seed=seed + 3, **fill))
-    return layers
+def rotate_and_zoom(images: tf.Tensor, rotation: float, zoom: float, fill_mode: str,
+                    interpolation: str, seed: tf.Tensor) -> tf.Tensor:
+    """(N, H, W, C) -> the same, each image turned about its centre by an angle uniform in
+    [-rotation, +rotation] degrees and scaled by 1 / s, s uniform in [1 - zoom, 1 + zoom]
+    (s > 1 shows more of the image: it zooms out), in one resampling, as Keras' RandomRotation
+    and RandomZoom do."""
+    n, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    limit = rotation * math.pi / 180.0
+    angle = tf.random.stateless_uniform([n], seeds[0], -limit, limit)
+    scale = 1.0 + tf.random.stateless_uniform([n], seeds[1], -zoom, zoom)
+    cos, sin = scale * tf.cos(angle), scale * tf.sin(angle)
+    cx, cy = (tf.cast(w, tf.float32) - 1) / 2, (tf.cast(h, tf.float32) - 1) / 2
+    # output (x, y) reads input (cos x - sin y + a, sin x + cos y + b): about the centre
+    transforms = tf.stack([cos, -sin, cx - cos * cx + sin * cy,
+                           sin, cos, cy - sin * cx - cos * cy,
+                           tf.zeros_like(cos), tf.zeros_like(cos)], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.stack([h, w]),
+        fill_value=0.0, interpolation=interpolation.upper(), fill_mode=fill_mode.upper())
 
 
 def _sources(targets: tf.Tensor, size: tf.Tensor, fill_mode: str) -> tuple[tf.Tensor, tf.Tensor]:
@@ -141,18 +152,19 @@ def cutmix(images, labels, alpha: float, seed):
     return images, labels
 
 
-def build_augmenter(config: AugmentConfig, seed: int):
-    """A function (images, labels, seed) -> (images, labels) for ``Dataset.map`` on batches."""
-    geometric = keras.Sequential(geometric_layers(config, seed), name="augment")
+def build_augmenter(config: AugmentConfig):
+    """A function (images, labels, seed) -> (images, labels) for ``Dataset.map`` on batches;
+    each batch's own seed decides all of its draws."""
     colour = any(v > 0 for v in (config.brightness, config.contrast, config.saturation, config.hue))
 
     def augment(images, labels, step_seed):
-        seeds = tf.random.experimental.stateless_split(step_seed, 4)
+        seeds = tf.random.experimental.stateless_split(step_seed, 5)
         if config.flip or config.translation > 0:
             images = flip_and_shift(images, config.flip, config.translation, config.fill_mode,
                                     seeds[3])
-        if geometric.layers:
-            images = geometric(images, training=True)
+        if config.rotation > 0 or config.zoom > 0:
+            images = rotate_and_zoom(images, config.rotation, config.zoom, config.fill_mode,
+                                     config.interpolation, seeds[4])
         if colour:
             images = color_jitter(images, config, seeds[0])
         use_mixup, use_cutmix = config.mixup_alpha > 0, config.cutmix_alpha > 0

@@ -43,7 +43,7 @@ def train_pipeline(images, labels, num_classes: int, config: Config) -> tf.data.
     ds = ds.shuffle(len(labels), seed=config.seed, reshuffle_each_iteration=True)
     ds = ds.batch(config.batch_size, drop_remainder=len(labels) >= config.batch_size)
     ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
-    augment = build_augmenter(config.augment, config.seed)
+    augment = build_augmenter(config.augment)
     seeds = tf.data.Dataset.random(seed=config.seed).batch(2)
     ds = tf.data.Dataset.zip(ds, seeds).map(
         lambda batch, seed: augment(batch[0], batch[1], seed), num_parallel_calls=AUTOTUNE
