@@ -77,13 +77,15 @@ def correlations(a, b):
 def served_and_reference_heatmaps(artifact, file):
     """Grad-CAM from the TFLite file and from the Keras reference, for informative maps only
     (a flat map has no correlation to speak of)."""
-    images, targets = images_of(artifact)
+    images, targets = images_of(artifact, 48)
     gradcam = get_method("gradcam")
     model = load_model(artifact / "model.keras")
     reference = gradcam(*reference_cam_inputs(model, images, targets))
     heatmaps = gradcam(*tflite_cam_inputs(artifact, file, images, targets))
     informative = reference.std(axis=(1, 2)) > 0
-    assert informative.mean() >= 0.5  # a small seed CNN gives some all-negative (flat) maps
+    # The seed CNN learns little in the fixture's 6 epochs (val. accuracy near chance), so many
+    # of its maps are all-negative (flat); a third informative leaves 16 maps to compare.
+    assert informative.mean() >= 1 / 3
     return heatmaps[informative], reference[informative]
 
 
