@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("server_flags", nargs="*",
                         help="after --: flags for the server, e.g. -- --admit-wait-share 1")
     args = parser.parse_args()
+    if args.pin and (os.cpu_count() or 1) < 2:
+        parser.error("--pin needs 2 CPUs or more: one for the servers, the rest for the clients")
     if args.pin:
         os.sched_setaffinity(0, set(range(1, os.cpu_count())))  # inherited by the clients
     pin = ["taskset", "-c", "0"] if args.pin else []

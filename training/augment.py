@@ -66,9 +66,8 @@ def flip_and_shift(images: tf.Tensor, flip: bool, translation: float, fill_mode:
     by whole pixels, uniform in [-round(translation * side), +round(...)] on each axis."""
     n, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
     seeds = tf.random.experimental.stateless_split(seed, 3)
-    if flip:
-        mirrored = tf.random.stateless_uniform([n], seeds[0]) < 0.5
-        images = tf.where(mirrored[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    if flip:  # each image of the batch on its own draw
+        images = tf.image.stateless_random_flip_left_right(images, seeds[0])
     if translation <= 0:
         return images
     masks = []

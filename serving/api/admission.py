@@ -23,8 +23,8 @@ get refusals back.
 Deadline-aware: a unary call is also refused at once (RESOURCE_EXHAUSTED) when the wait it can
 expect exceeds ``wait_share`` of what its deadline leaves. Only a share, because the estimate is
 a mean, and the tail of the wait and the time the call spent inside gRPC before it reached
-Python are not in it: under a 10x burst, admitting up to the whole deadline left 30% of calls
-ending DEADLINE_EXCEEDED and 19% of the results computed too late; a third, 2% and 0.4%
+Python are not in it: under a 10x burst, admitting up to the whole deadline left 31% of calls
+ending DEADLINE_EXCEEDED and 20% of the results computed too late; a third, 2.2% and 0.6%
 (docs/benchmarks.md). A call waits about (calls in flight, itself included)
 completion intervals (Little's law). The interval is a running average over intervals between
 unary completions measured while other calls were still in flight, so it reads the server's

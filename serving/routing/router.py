@@ -99,8 +99,7 @@ class _Arm(Totals):
 
     def copy(self) -> _Arm:
         """What ``counts`` reads, copied (under the router's lock: a few µs)."""
-        return _Arm(self.requests, self.errors, self.feedback, self.correct,
-                    latencies=collections.deque(self.latencies))
+        return replace(self, latencies=collections.deque(self.latencies))
 
     def counts(self, baseline: _Arm | None = None) -> VariantCounts:
         """The arm's counts; against ``baseline``'s latencies, how likely it is slower."""
