@@ -140,13 +140,13 @@ $(K8S_TOOLS)/.installed: k8s/tools-requirements.txt
 SERVE_VENV   := .venv-serve
 SERVE_PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11 /usr/local/bin/python3.11) $(PYTHON))
 SERVE_STAMP  := $(SERVE_VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
-PYTEST_PIN   := $(shell sed -n 's/.*"\(pytest==[^"]*\)".*/\1/p' pyproject.toml)
+PYTEST_PINS  := $(shell sed -n 's/.*"\(pytest\(-timeout\)\{0,1\}==[^"]*\)".*/\1/p' pyproject.toml)
 serve-venv: $(SERVE_STAMP)
 
 $(SERVE_STAMP): pyproject.toml
 	rm -rf $(SERVE_VENV) && $(SERVE_PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-	    -e '.[serve]' '$(PYTEST_PIN)'
+	    -e '.[serve]' $(PYTEST_PINS)
 	touch $@
 
 test: install system-deps tools serve-venv

@@ -1,8 +1,8 @@
 """The serving image's dependency set, proven in .venv-serve: a venv holding only the serve
-extra and pytest (built as the image's builder stage does, but editable). No TensorFlow is
-importable there, and the server's integration tests pass in it: a real server on loopback
-over a model repository, Classify with heatmaps, health, the Open Inference Protocol, clean
-stops. The model comes from the main venv's fixtures (training needs TensorFlow)."""
+extra, pytest and pytest-timeout (built as the image's builder stage does, but editable). No
+TensorFlow is importable there, and the server's integration tests pass in it: a real server on
+loopback over a model repository, Classify with heatmaps, health, the Open Inference Protocol,
+clean stops. The model comes from the main venv's fixtures (training needs TensorFlow)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def closure(installed: dict[str, metadata.Distribution], roots: list[tuple[str, 
 
 def test_the_serve_venv_holds_the_serve_extra_pytest_and_their_dependencies_only():
     installed = serve_distributions()
-    needed = closure(installed, [("sightline", "serve"), ("pytest", "")])
+    needed = closure(installed, [("sightline", "serve"), ("pytest", ""), ("pytest-timeout", "")])
     assert set(installed) - INSTALLER_TOOLS == needed
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())[
         "project"]["optional-dependencies"]
