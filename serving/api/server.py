@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -36,6 +36,8 @@ from serving.api import experiments as experiments_module
 from serving.api import oip
 from serving.api.admission import Admission, AdmittedExecutor
 from serving.api.auth import BearerTokenInterceptor, read_tokens
+from serving.api.health import SERVICE_NAME as HEALTH_SERVICE
+from serving.api.health import Health
 from serving.api.processes import serve_processes
 from serving.config import ConfigError, ServerConfig, load_config
 from serving.errors import FailedPrecondition
@@ -78,7 +80,7 @@ class Server:
     port: int
     inference: Inference
     manager: ModelManager
-    health: health.HealthServicer
+    health: Health
     source: DirectorySource | None = None
     metrics: ServingMetrics | None = None
     metrics_port: int | None = None  # the bound metrics port, when metrics are on
@@ -198,7 +200,7 @@ def create_server(config: ServerConfig, port: int | None = None,
         lambda path: TFLiteModel(path, num_threads=config.interpreter_threads),
         config.batch_policy, observer=metrics or NO_OBSERVER,
         drift=(config.drift_window, config.drift_min_samples))
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = Health()
     on_event = metrics.model_event if metrics is not None else None
     source = None
     if config.model_dir:
@@ -248,7 +250,7 @@ def create_server(config: ServerConfig, port: int | None = None,
     for name in SERVICES:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
-        (*SERVICES[1:], health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server)
+        (*SERVICES[1:], HEALTH_SERVICE, reflection.SERVICE_NAME), grpc_server)
     address = f"{config.host}:{config.port if port is None else port}"
     bound = _bind(grpc_server, address, config)
     return Server(config, grpc_server, bound, inference, manager, health_servicer, source,
