@@ -74,6 +74,16 @@ def test_watchers_that_leave_are_forgotten(served):
     assert health._watchers == {}
 
 
+def cancel_all(streams) -> None:
+    for stream in streams:
+        stream.cancel()
+
+
+def flip_statuses(health: Health) -> None:
+    for i in range(40):
+        health.set("", SERVING if i % 2 else NOT_SERVING)
+
+
 def test_statuses_change_while_watchers_leave_and_nothing_hangs(served):
     """The defect (grpc_health's servicer): a send under the servicer's lock waited for gRPC's
     polling thread, which waited for that lock to forget a cancelled watcher. The server hung;
@@ -83,13 +93,8 @@ def test_statuses_change_while_watchers_leave_and_nothing_hangs(served):
         streams = [watch(channel) for _ in range(20)]
         for stream in streams:
             next(stream)
-        leaving = threading.Thread(target=lambda: [s.cancel() for s in streams])
-
-        def flip():
-            for i in range(40):
-                health.set("", SERVING if i % 2 else NOT_SERVING)
-
-        flipping = threading.Thread(target=flip, daemon=True)
+        leaving = threading.Thread(target=cancel_all, args=(streams,))
+        flipping = threading.Thread(target=flip_statuses, args=(health,), daemon=True)
         leaving.start()
         flipping.start()
         flipping.join(10)
