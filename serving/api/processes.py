@@ -19,10 +19,13 @@ a fork). Each worker builds its server, binds the same port and serves. The supe
 - when a worker exits on its own, stops the others and exits with its status (1 if it had
   none): a server running short of processes while saying SERVING would hide the failure,
   and the orchestrator restarts the whole.
+If the supervisor itself dies, even by SIGKILL (the OOM killer), the kernel sends each worker
+SIGTERM (Linux's parent-death signal), and they drain and exit: no orphan keeps the port.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -52,6 +55,7 @@ __all__ = ["serve_processes"]
 log = logging.getLogger("sightline.server")
 SCRAPE_TIMEOUT = 5.0  # seconds to read one worker's metrics
 SHUTDOWN_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def serve_processes(config: ServerConfig, serve_one) -> int:
@@ -80,12 +84,13 @@ def serve_processes(config: ServerConfig, serve_one) -> int:
     # workers' first requests fall inside it, and the workers restore the state saved here.
     controller = _experiments_controller(config, read)
     readers = []
+    supervisor = os.getpid()
     for index in range(count):
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker: nothing of the supervisor's runs here
             os.close(read_end)
-            os._exit(_run_worker(worker_config, key, write_end, serve_one))
+            os._exit(_run_worker(worker_config, key, write_end, serve_one, supervisor))
         os.close(write_end)
         workers[pid] = index
         readers.append((index, read_end))
@@ -123,9 +128,21 @@ def serve_processes(config: ServerConfig, serve_one) -> int:
     return status
 
 
-def _run_worker(config: ServerConfig, key: FeedbackKey, write_end: int, serve_one) -> int:
+def _end_with(supervisor: int) -> None:
+    """In a worker: SIGTERM when the supervisor dies (Linux; elsewhere nothing is done)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    if prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0 and os.getppid() != supervisor:
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before the prctl took effect
+
+
+def _run_worker(config: ServerConfig, key: FeedbackKey, write_end: int, serve_one,
+                supervisor: int) -> int:
     for signum in SHUTDOWN_SIGNALS:  # not the supervisor's forwarding; serve_one sets its own
         signal.signal(signum, signal.SIG_DFL)
+    _end_with(supervisor)
 
     def on_metrics_port(port: int) -> None:
         os.write(write_end, f"{port}\n".encode())

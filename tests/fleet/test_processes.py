@@ -131,6 +131,29 @@ def test_a_process_that_dies_takes_the_server_down_with_it(fleet):
         raise AssertionError(f"process {second} still runs")
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_workers_end_when_the_supervisor_is_killed(fleet):
+    """The defect: SIGKILL to the supervisor (the OOM killer, a test's kill()) left both
+    workers serving on the port, orphaned."""
+    (server,) = fleet.start(1, args=PROCESSES)
+    workers = worker_pids(server)
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait_exit(timeout=10)
+    end = time.monotonic() + 30
+    while any(running(pid) for pid in workers) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(running(pid) for pid in workers), server.log_tail()
+    assert server.log_tail().count("stopped") == 2  # each drained: SIGTERM, not a kill
+
+
 def test_an_experiment_is_decided_on_every_process_counts_and_both_follow(fleet, deployable,
                                                                           tmp_path):
     """min_requests 80 per arm and 200 requests spread over two processes: neither has enough

@@ -180,7 +180,8 @@ def test_small_files_that_decode_big_cannot_take_the_memory(deployable):
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-dir", str(deployable("gap")), "--host",
-         "127.0.0.1", "--port", str(port), "--metrics-port", "-1", "--drain-seconds", "0"],
+         "127.0.0.1", "--port", str(port), "--metrics-port", "-1", "--drain-seconds", "0",
+         "--processes", "1"],  # the process measured below is the one that decodes
         cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
