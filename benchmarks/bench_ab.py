@@ -38,6 +38,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import burst  # noqa: E402
 from monitoring.local_prometheus import free_port  # noqa: E402
 from serving.protos_gen.sightline.classifier.v1 import classifier_pb2 as pb  # noqa: E402
+from serving.protos_gen.sightline.experiments.v1 import experiments_pb2 as xpb  # noqa: E402
+from serving.protos_gen.sightline.experiments.v1 import (  # noqa: E402
+    experiments_pb2_grpc as xpb_grpc,
+)
 from serving.repository.publish import deploy  # noqa: E402
 from serving.routing.experiment import parse_experiments  # noqa: E402
 from serving.routing.feedback import FeedbackKey, FeedbackKeys  # noqa: E402
@@ -51,13 +55,14 @@ SHADOW = {**{k: v for k, v in SPLIT.items() if k != "weights"}, "mode": "shadow"
           "shadow": {"queue_size": 64, "explain_sample": 0.0}}
 
 
-def set_experiments(repository: Path, experiments: list[dict], model: str) -> None:
+def set_experiments(repository: Path, experiments: list[dict], model: str,
+                    decide_seconds: float) -> None:
     """Rewrite the experiments file atomically and give the server's reload time to see it."""
     staged = repository / ".experiments.yaml.tmp"
     staged.write_text(yaml.safe_dump({"experiments": [{**e, "model": model}
                                                       for e in experiments]}))
     staged.replace(repository / "experiments.yaml")
-    time.sleep(0.5)  # decide_seconds 0.1: several reloads
+    time.sleep(max(0.5, 3 * decide_seconds))  # the file is read every decide_seconds
 
 
 def paced_p99(target: str, rate: float, seconds: float, request: bytes,
@@ -89,6 +94,16 @@ def paced_p99(target: str, rate: float, seconds: float, request: bytes,
     return float(np.percentile(latencies, 99))
 
 
+def shadow_counts(target: str) -> tuple[int, int]:
+    """(copies mirrored, copies dropped) so far, from ABStatus."""
+    with grpc.insecure_channel(target) as channel:
+        found = xpb_grpc.ExperimentsStub(channel).ABStatus(xpb.ABStatusRequest(), timeout=10)
+    for experiment in found.experiments:
+        if experiment.name == SHADOW["name"]:
+            return experiment.shadow.mirrored, experiment.shadow.dropped
+    return 0, 0
+
+
 def router_us_per_request(count: int = 50_000) -> float:
     """Route, count and sign, as the data plane does for every routed request."""
     router = Router(FeedbackKeys(FeedbackKey.generate()))
@@ -111,18 +126,21 @@ def main() -> None:
     parser.add_argument("--server-processes", type=int, default=1,
                         help="the server's --processes (more: each connection lands on one of "
                              "them by the kernel's hash, and capacity read 905 or 1,786/s by it)")
+    parser.add_argument("--decide-seconds", type=float, default=0.1,
+                        help="the server's; the experiments file is reread as often")
     parser.add_argument("server_flags", nargs="*", help="after --: more flags for the server")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     repository = work / "models"
     deploy(args.model, repository)
     model = deploy(args.model, repository).parent.name
-    set_experiments(repository, [], model)
+    set_experiments(repository, [], model, args.decide_seconds)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-repository", str(repository),
          "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1",
-         "--drain-seconds", "0", "--version-policy", "all", "--decide-seconds", "0.1",
+         "--drain-seconds", "0", "--version-policy", "all",
+         "--decide-seconds", str(args.decide_seconds),
          "--processes", str(args.server_processes), *args.server_flags],
         cwd=ROOT, stderr=(work / "server.log").open("w"))
     target = f"127.0.0.1:{port}"
@@ -133,22 +151,24 @@ def main() -> None:
             channel.unary_unary(burst.CLASSIFY)(request, timeout=60, wait_for_ready=True)
         burst.run(target, args.clients, 1.0, 5.0, request)  # warm-up
         for number in range(1, args.rounds + 1):
-            set_experiments(repository, [], model)
+            set_experiments(repository, [], model, args.decide_seconds)
             single = burst.run_in_processes(target, args.clients, args.seconds, 5.0, request,
                                             processes=args.processes).goodput
-            set_experiments(repository, [SPLIT], model)
+            set_experiments(repository, [SPLIT], model, args.decide_seconds)
             split = burst.run_in_processes(target, args.clients, args.seconds, 5.0, request,
                                            processes=args.processes).goodput
             half = single / 2
-            set_experiments(repository, [], model)
+            set_experiments(repository, [], model, args.decide_seconds)
             alone = paced_p99(target, half, args.seconds, request)
-            set_experiments(repository, [SHADOW], model)
+            set_experiments(repository, [SHADOW], model, args.decide_seconds)
             shadowed = paced_p99(target, half, args.seconds, request)
+            mirrored, dropped = shadow_counts(target)
             split_ratios.append(split / single)
             shadow_ratios.append(shadowed / alone)
             print(f"round {number}: single {single:,.0f}/s, split {split:,.0f}/s "
                   f"({split / single:.3f}); at {half:,.0f}/s p99 {alone * 1e3:.2f} ms alone, "
-                  f"{shadowed * 1e3:.2f} ms with shadow ({shadowed / alone:.3f})")
+                  f"{shadowed * 1e3:.2f} ms with shadow ({shadowed / alone:.3f}); copies so far "
+                  f"{mirrored:,} mirrored, {dropped:,} dropped")
     finally:
         server.terminate()
         server.wait(30)
