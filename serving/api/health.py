@@ -10,7 +10,9 @@ same happens to a model reload). grpc/grpc#43403 proposes a separate send lock u
 Here the polling thread only ever takes ``_lock``, held for dictionary updates and never while
 sending; sends happen under ``_sending``, which also keeps each watcher's updates in order
 (Watch takes it first, so its first answer cannot arrive after a newer status). A status that
-did not change is not sent again: the server refreshes health every repository poll.
+did not change is not sent again: the server refreshes health every repository poll. A watch
+keeps its service name while open, and health needs no token: names past ``MAX_SERVICE_NAME``
+are refused, or 1,024 open watches with 16 MiB names would hold 16 GiB.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
+MAX_SERVICE_NAME = 256  # characters; every name the server sets is far shorter
 Send = Callable[[health_pb2.HealthCheckResponse], None]
 
 
@@ -50,6 +53,9 @@ class Health(health_pb2_grpc.HealthServicer):
 
     def Watch(self, request, context, send_response_callback: Send):
         service = request.service
+        if len(service) > MAX_SERVICE_NAME:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a service name is at most "
+                          f"{MAX_SERVICE_NAME} characters; this one has {len(service):,}")
         with self._sending:
             with self._lock:
                 status = self._status.get(service, UNKNOWN)

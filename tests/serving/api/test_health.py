@@ -62,6 +62,15 @@ def test_a_watch_sees_each_change_once_and_in_order(served):
     stream.cancel()
 
 
+def test_a_watch_for_a_huge_service_name_is_refused_and_holds_nothing(served):
+    health, channel = served
+    stream = watch(channel, "x" * 100_000)
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "at most 256 characters; this one has "
+                      "100,000"):
+        next(stream)
+    assert health._watchers == {}
+
+
 def test_watchers_that_leave_are_forgotten(served):
     health, channel = served
     streams = [watch(channel, f"made-up-{i}") for i in range(20)]
