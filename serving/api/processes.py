@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from serving.api.auth import read_tokens
 from serving.card import CardError, ReferenceStats, load_card
 from serving.config import ConfigError, ServerConfig
+from serving.observe.logs import tag_process
 from serving.observe.merge import MergedCollector, merge, with_drift_of_all
 from serving.observe.metrics_http import MetricsServer
 from serving.repository.loader import LoadError
@@ -90,7 +91,7 @@ def serve_processes(config: ServerConfig, serve_one) -> int:
         pid = os.fork()
         if pid == 0:  # the worker: nothing of the supervisor's runs here
             os.close(read_end)
-            os._exit(_run_worker(worker_config, key, write_end, serve_one, supervisor))
+            os._exit(_run_worker(worker_config, key, write_end, serve_one, supervisor, index))
         os.close(write_end)
         workers[pid] = index
         readers.append((index, read_end))
@@ -139,10 +140,11 @@ def _end_with(supervisor: int) -> None:
 
 
 def _run_worker(config: ServerConfig, key: FeedbackKey, write_end: int, serve_one,
-                supervisor: int) -> int:
+                supervisor: int, index: int) -> int:
     for signum in SHUTDOWN_SIGNALS:  # not the supervisor's forwarding; serve_one sets its own
         signal.signal(signum, signal.SIG_DFL)
     _end_with(supervisor)
+    tag_process(index)
 
     def on_metrics_port(port: int) -> None:
         os.write(write_end, f"{port}\n".encode())

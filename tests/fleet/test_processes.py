@@ -95,6 +95,10 @@ def test_the_processes_share_the_load_and_the_scrape_is_their_sum(fleet):
               if name == "process_resident_memory_bytes"}
     assert set(memory) == {(("process", p),) for p in ("0", "1", "supervisor")}
     assert all(value > 10e6 for value in memory.values())
+    log = server.log_tail(200)  # each worker's lines name it; the supervisor's do not
+    assert {int(n) for n in re.findall(r"INFO process (\d) sightline\.server: serving on", log)
+            } == {0, 1}, log
+    assert re.search(r"INFO sightline\.server: 2 server processes on port", log), log
 
 
 def test_a_new_version_reaches_every_process(fleet, deployable):
