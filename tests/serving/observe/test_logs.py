@@ -10,9 +10,13 @@ from serving.observe.logs import setup_logging, tag_process
 
 @pytest.fixture
 def root_handlers():
-    saved = logging.getLogger().handlers[:]
+    """setup_logging changes the root logger's handlers and level: both are put back, or
+    later tests' caplog sees INFO records it never asked for."""
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
     yield
-    logging.getLogger().handlers[:] = saved
+    root.handlers[:] = saved
+    root.setLevel(level)
 
 
 def formatted(message: str = "serving on port %d", *args) -> str:
