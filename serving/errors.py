@@ -38,6 +38,8 @@ def shown(value) -> str:
 
 
 class ServingError(Exception):
+    counted = False  # set once the observer has counted it as a rejected request
+
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason

@@ -48,11 +48,11 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
         self._closing = False
         self._lock = threading.Lock()
 
-    @answer_errors
+    @answer_errors(count=True)
     def Classify(self, request, context):
         return _response(*self.inference.finish(self._submit(request, context)))
 
-    @answer_errors
+    @answer_errors(count=True)
     def ClassifyBatch(self, request, context):
         """Every request is submitted before any is finished, so they share the batcher's
         batches. Each submitted one is finished, whatever the others did, so every version held
@@ -71,7 +71,9 @@ class ClassifierService(pb_grpc.ImageClassifierServicer):
             responses = [self._answer(item, outcome)
                          for item, outcome in zip(requests, submitted, strict=False)]
         if not context.is_active():
-            raise _ended(context)
+            ended = _ended(context)
+            ended.counted = True  # what it held was counted request by request
+            raise ended
         return pb.ClassifyBatchResponse(responses=responses)
 
     def ClassifyStream(self, request_iterator, context):

@@ -79,7 +79,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(name="probabilities", datatype="FP32", shape=[-1, k]),
                      tensor(name="heatmap", datatype="FP32", shape=[-1, h, w])])
 
-    @answer_errors
+    @answer_errors(count=True)
     def ModelInfer(self, request, context):
         # Every field is checked against the request's own bytes before anything is allocated
         # per image or queued (docs/limits.md).

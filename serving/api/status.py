@@ -44,15 +44,23 @@ def status_of(error: ServingError) -> grpc.StatusCode:
     return STATUS.get(type(error), grpc.StatusCode.INTERNAL)
 
 
-def answer_errors(handler):
+def answer_errors(handler=None, *, count: bool = False):
     """Decorate a unary servicer method: a ServingError leaves with its status and message;
-    anything else is a bug, logged here, and the client learns no more than INTERNAL."""
+    anything else is a bug, logged here, and the client learns no more than INTERNAL.
+    ``count`` (``@answer_errors(count=True)``, the inference calls): a refusal the data plane
+    did not count, because it came before any image was submitted (a bad batch size, an OIP
+    tensor that does not parse), is counted as a rejected request here."""
+    if handler is None:
+        return functools.partial(answer_errors, count=count)
 
     @functools.wraps(handler)
     def answered(self, request, context):
         try:
             return handler(self, request, context)
         except ServingError as exc:
+            if count and not exc.counted:
+                self.inference.observer.rejected_request(exc.reason, type(exc).__name__)
+                exc.counted = True
             context.abort(status_of(exc), str(exc))
         except Exception:
             logging.getLogger("sightline.service").exception("%s failed", handler.__name__)

@@ -141,6 +141,7 @@ class Inference:
                 servable.release()
             if isinstance(exc, ServingError):
                 self.observer.rejected_request(exc.reason, type(exc).__name__)
+                exc.counted = True
             self._count_failure(route if count else None, exc, started)
             raise
         if on_cancel is not None:
@@ -158,6 +159,7 @@ class Inference:
         except BaseException as exc:
             if isinstance(exc, ServingError):
                 self.observer.rejected_request(exc.reason, type(exc).__name__)
+                exc.counted = True
             self._count_failure(pending.route, exc, pending.started)
             raise
         finally:

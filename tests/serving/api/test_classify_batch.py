@@ -121,11 +121,16 @@ def test_an_empty_or_over_limit_batch_is_refused_naming_the_limit(shared_stub, r
                                          timeout=30).responses) == 64
     # As for OIP, the limit is capped at the queue's size: every batch accepted fits it.
     server = start_server(repository, max_queue_size=3)
+    before = value(samples(scrape(server)), "sightline_requests_rejected_total",
+                   reason="bad_input")
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ImageClassifierStub(channel)
         assert len(stub.ClassifyBatch(batch(*[classify_request()] * 3), timeout=20).responses) == 3
         with expect_error(INVALID, "1 to 3 requests (max_request_images); got 4"):
             stub.ClassifyBatch(batch(*[classify_request()] * 4), timeout=10)
+    # counted once, though no image of it reached the data plane (it was not counted before)
+    assert value(samples(scrape(server)), "sightline_requests_rejected_total",
+                 reason="bad_input") == before + 1
 
 
 def test_a_batch_fills_one_dynamic_batch_and_counts_each_image(repository, start_server):
