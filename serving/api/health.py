@@ -22,10 +22,10 @@ from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import SERVICE_NAME  # the library's constant; not its servicer
 
 __all__ = ["SERVICE_NAME", "Health"]
 
-SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
