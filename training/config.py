@@ -77,6 +77,8 @@ class ModelConfig:
     pool: str = "avg"  # airbench's global pool before the logits: avg, or max as airbench has it
     logit_scale: float = 1 / 9  # airbench: pooled features are scaled by this before the logits
     bias_lr_scale: float = 1.0  # airbench: BatchNorm biases learn this many times faster (64)
+    whiten_bias_epochs: int = 0  # airbench: the whitening conv's bias trains this long (3)
+    init: str = "glorot"  # airbench: weight start, Keras' Glorot uniform or PyTorch's ("torch")
 
 
 @dataclass
@@ -143,6 +145,7 @@ _CHOICES = {
     "augment.fill_mode": ("reflect", "wrap", "constant", "nearest"),
     "augment.interpolation": ("bilinear", "nearest"),
     "model.pool": ("avg", "max"),
+    "model.init": ("glorot", "torch"),
 }
 _POSITIVE = ("epochs", "batch_size", "data.image_size", "data.num_images", "model.width",
              "model.logit_scale", "model.bias_lr_scale")

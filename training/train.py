@@ -34,6 +34,7 @@ from training.errors import UserError
 from training.evaluate import classification_metrics, predict
 from training.export import new_artifact_dir, write_artifact
 from training.losses import build_loss
+from training.models import airbench
 from training.optim import build_optimizer
 
 __all__ = ["has_fast_bf16", "train"]
@@ -237,6 +238,18 @@ class _TimeLimit(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class _FreezeWhitenBias(keras.callbacks.Callback):
+    """airbench: the whitening conv's bias learns for its first ``epochs`` epochs only."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            self.model.get_layer(airbench.WHITEN_BIAS_LAYER).freeze()
+
+
 def _callbacks(config: Config, artifact_dir: Path) -> list[keras.callbacks.Callback]:
     artifact_dir.mkdir(parents=True, exist_ok=True)
     callbacks: list[keras.callbacks.Callback] = [
@@ -260,4 +273,6 @@ def _callbacks(config: Config, artifact_dir: Path) -> list[keras.callbacks.Callb
             patience=config.optim.plateau_patience))
     if config.time_limit_minutes > 0:
         callbacks.append(_TimeLimit(config.time_limit_minutes))
+    if config.model.name == "airbench" and config.model.whiten_bias_epochs > 0:
+        callbacks.append(_FreezeWhitenBias(config.model.whiten_bias_epochs))
     return callbacks

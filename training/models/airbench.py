@@ -23,7 +23,8 @@ weights, while the L2 penalty on v decays it as much as theirs, which is what ai
 parameter groups do (lr x 64, weight decay / 64). Keras has no per-variable learning rate.
 Differences from airbench94: the pool is a global average unless ``config.pool`` is max (its
 MaxPool2d(3) on the 3x3 map; Grad-CAM then takes an in-graph gradient, training/cam_export.py),
-and the whitening bias is not trained for the first 3 epochs (no bias).
+and the whitening conv has no bias unless ``config.whiten_bias_epochs`` (airbench's 3) says how
+many epochs its bias trains before it is frozen (``FreezableBias``).
 ``config.depth``, ``squeeze_excite`` and ``dropout`` are ignored: airbench has none of them.
 """
 
@@ -34,47 +35,61 @@ import numpy as np
 
 from training.config import ModelConfig
 
-__all__ = ["WHITEN_LAYER", "ScaledBias", "build", "initialize_from_data"]
+__all__ = ["WHITEN_BIAS_LAYER", "WHITEN_LAYER", "FreezableBias", "ScaledBias", "build",
+           "initialize_from_data"]
 
 WHITEN_LAYER = "whiten"
+WHITEN_BIAS_LAYER = "whiten_bias"
 WHITEN_EPS = 5e-4  # airbench's eps in init_whitening_conv
 MAX_IMAGES = 5000  # airbench whitens from 5,000 training images
 MAX_PATCHES = 5_000_000  # bounds the work for large images: 5,000 CIFAR images give 4.8M
 CHUNK_PATCHES = 500_000  # patches per covariance update: about 50 MB at a time
 BN_MOMENTUM = 0.9  # Keras' (PyTorch 0.1, airbench's ablations); 94's 0.4 is noisy at small batch
 BN_EPSILON = 1e-12
+# Weight starts (config.init). PyTorch's default for Conv2d and Linear is uniform in
+# +-1/sqrt(fan_in): 1/sqrt(3) of Glorot's bound for a square 3x3 conv, 0.42 of it for the head.
+# Behind BatchNorm a larger start is a smaller effective step until weight decay shrinks it.
+INITIALIZERS = {
+    "glorot": keras.initializers.GlorotUniform,
+    "torch": lambda: keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"),
+}
 
 
 def build(x, config: ModelConfig, num_classes: int):
     """Standardized images -> logits tensor (from the Dense named "logits")."""
     reg = keras.regularizers.L2(config.l2) if config.l2 > 0 else None
+    init = INITIALIZERS[config.init]
     channels = x.shape[-1]
     whiten_filters = 2 * (2 * 2 * channels)  # each 2x2 patch direction, with both signs
     x = keras.layers.Conv2D(
         whiten_filters, 2, padding="valid", use_bias=False, trainable=False, name=WHITEN_LAYER
     )(x)
+    if config.whiten_bias_epochs > 0:
+        x = FreezableBias(config.l2, name=WHITEN_BIAS_LAYER)(x)
     x = keras.layers.Activation("gelu", name="whiten_gelu")(x)
     widths = (config.width, 4 * config.width, 4 * config.width)
     for i, width in enumerate(widths, 1):
-        x = _conv(x, width, reg, f"block{i}_conv1")
+        x = _conv(x, width, reg, init, f"block{i}_conv1")
         x = keras.layers.MaxPool2D(name=f"block{i}_pool")(x)
         x = _batch_norm(x, config, reg, f"block{i}_bn1")
         x = keras.layers.Activation("gelu", name=f"block{i}_gelu1")(x)
-        x = _conv(x, width, reg, f"block{i}_conv2")
+        x = _conv(x, width, reg, init, f"block{i}_conv2")
         x = _batch_norm(x, config, reg, f"block{i}_bn2")
         x = keras.layers.Activation("gelu", name="features" if i == 3 else f"block{i}_gelu2")(x)
     pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
     x = pool[config.pool](name="pool")(x)  # (N, 4w)
     x = keras.layers.Rescaling(config.logit_scale, name="logit_scale")(x)
-    return keras.layers.Dense(num_classes, use_bias=False, kernel_regularizer=reg, name="logits")(x)
+    return keras.layers.Dense(num_classes, use_bias=False, kernel_initializer=init(),
+                              kernel_regularizer=reg, name="logits")(x)
 
 
-def _conv(x, filters, reg, name):
+def _conv(x, filters, reg, init, name):
     """Conv3x3, same padding, no bias, with airbench's Dirac start (torch.nn.init.dirac_ on the
     first in-channels filters: filter i passes input channel i through; the rest keep the
     default random start)."""
     layer = keras.layers.Conv2D(
-        filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=name
+        filters, 3, padding="same", use_bias=False, kernel_initializer=init(),
+        kernel_regularizer=reg, name=name,
     )
     x = layer(x)
     kernel = keras.ops.convert_to_numpy(layer.kernel).copy()  # (3, 3, in, out)
@@ -116,6 +131,40 @@ class ScaledBias(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "lr_scale": self.lr_scale,
                 "regularizer": keras.regularizers.serialize(self.regularizer)}
+
+
+@keras.saving.register_keras_serializable("sightline")
+class FreezableBias(keras.layers.Layer):
+    """x + b per channel, with b learning (and decayed by an L2 penalty ``l2``) until ``freeze``:
+    airbench trains the whitening conv's bias for its first epochs only. The freeze is a
+    non-trainable 0/1 gate on the gradient, so a compiled training step need not be rebuilt."""
+
+    def __init__(self, l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.l2 = l2
+
+    def build(self, input_shape):
+        self.learning = self.add_weight(shape=(), initializer="ones", trainable=False,
+                                        name="learning")
+        penalty = None
+        if self.l2 > 0:  # gated too, so a frozen bias is not decayed
+
+            def penalty(bias):
+                return self.learning * self.l2 * keras.ops.sum(keras.ops.square(bias))
+
+        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros",
+                                    regularizer=penalty, name="bias")
+
+    def call(self, x):
+        gate = self.learning
+        bias = gate * self.bias + (1.0 - gate) * keras.ops.stop_gradient(self.bias)
+        return x + keras.ops.cast(bias, x.dtype)
+
+    def freeze(self) -> None:
+        self.learning.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "l2": self.l2}
 
 
 def initialize_from_data(model: keras.Model, images: np.ndarray) -> None:

@@ -220,3 +220,67 @@ def test_airbench_with_scaled_biases_survives_a_save_and_load(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_freezable_bias_learns_until_frozen_and_then_keeps_its_value():
+    """airbench's whitening bias: trained (and decayed) for its first epochs, then fixed. After
+    ``freeze`` neither the loss nor the L2 penalty moves it, and the forward pass is unchanged."""
+    import tensorflow as tf
+
+    from training.models.airbench import FreezableBias
+
+    layer = FreezableBias(l2=0.1)
+    x = np.zeros((4, 3), "float32")
+    layer.build(x.shape)
+    layer.bias.assign([0.5, -1.0, 2.0])
+    upstream = np.array([1.0, 1.0, 1.0], "float32")
+
+    def gradient():
+        with tf.GradientTape() as tape:
+            loss = keras.ops.sum(layer(x) * upstream) + sum(layer.losses)
+        return keras.ops.convert_to_numpy(tape.gradient(loss, layer.bias))
+
+    np.testing.assert_allclose(gradient(), 4 * upstream + 2 * 0.1 * np.array([0.5, -1.0, 2.0]),
+                               rtol=1e-5)
+    before = keras.ops.convert_to_numpy(layer(x))
+    layer.freeze()
+    np.testing.assert_array_equal(gradient(), 0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), before)
+    assert layer.bias.trainable and not layer.learning.trainable
+
+
+def test_airbench_whitening_bias_freezes_after_its_epochs_and_survives_a_save(tmp_path):
+    from training.train import _FreezeWhitenBias
+
+    model = _build(dataclasses.replace(TINY["airbench"], whiten_bias_epochs=2))
+    layer = model.get_layer("whiten_bias")
+    callback = _FreezeWhitenBias(2)
+    callback.set_model(model)
+    callback.on_epoch_end(0)
+    assert float(layer.learning.numpy()) == 1.0
+    callback.on_epoch_end(1)
+    assert float(layer.learning.numpy()) == 0.0
+    layer.bias.assign(np.linspace(-1, 1, layer.bias.shape[0]).astype("float32"))
+    images = _pixels(2)
+    model.save(tmp_path / "model.keras")
+    from training.models import load_model
+
+    loaded = load_model(str(tmp_path / "model.keras"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)),
+                               keras.ops.convert_to_numpy(model(images)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("init, bound", [("glorot", lambda fan_in, fan_out:
+                                          np.sqrt(6 / (fan_in + fan_out))),
+                                         ("torch", lambda fan_in, fan_out: 1 / np.sqrt(fan_in))])
+def test_airbench_init_sets_the_weight_start(init, bound):
+    """``model.init=torch`` starts convs and the head uniform in +-1/sqrt(fan_in), as PyTorch's
+    Conv2d and Linear do; Keras' Glorot bound is larger (1.7x for a square 3x3 conv)."""
+    model = _build(dataclasses.replace(TINY["airbench"], init=init))
+    head = keras.ops.convert_to_numpy(model.get_layer("logits").kernel)
+    limit = bound(*head.shape)
+    assert 0.9 * limit < np.abs(head).max() <= limit
+    conv = keras.ops.convert_to_numpy(model.get_layer("block2_conv1").kernel)  # (3, 3, 8, 32)
+    random = conv[:, :, :, conv.shape[2]:]  # the filters past the Dirac start
+    limit = bound(9 * conv.shape[2], 9 * conv.shape[3])
+    assert 0.9 * limit < np.abs(random).max() <= limit
