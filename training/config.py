@@ -53,6 +53,7 @@ class AugmentConfig:
     """Training-time augmentation; every one is off at evaluation."""
 
     flip: bool = True  # horizontal mirror: labels of natural images are mirror-invariant
+    alternate_flip: bool = False  # airbench: each image mirrored every other epoch, not at random
     rotation: float = 15.0  # degrees, +/-; 0 turns it off
     translation: float = 0.1  # fraction of the side, +/-
     zoom: float = 0.2  # zoom factor in [1 - zoom, 1 + zoom], i.e. 0.8-1.2

@@ -29,7 +29,7 @@ import tensorflow as tf
 from training import cluster, models
 from training.config import Config
 from training.data import Dataset, load_dataset
-from training.data.pipeline import eval_pipeline, train_pipeline
+from training.data.pipeline import eval_pipeline, train_pipeline, train_steps
 from training.errors import UserError
 from training.evaluate import classification_metrics, predict
 from training.export import new_artifact_dir, write_artifact
@@ -93,6 +93,7 @@ def train(config: Config, artifact_dir: Path | None = None,
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
+        steps_per_epoch=train_steps(len(dataset.train_labels), config),
         callbacks=_callbacks(config, artifact_dir),
         shuffle=False,  # the pipeline shuffles, seeded
         verbose="auto",
