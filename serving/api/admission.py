@@ -221,17 +221,14 @@ class Admission(grpc.ServerInterceptor):
     def _deadline_aware(self, method: str, handler: grpc.RpcMethodHandler):
         """The unary handler, refusing calls that would miss their deadline, and answering a
         request that is not a valid message with INVALID_ARGUMENT (gRPC's own answer would be
-        INTERNAL, with a traceback in the log for each)."""
+        INTERNAL, with a traceback in the log for each). It is request-streaming on the wire's
+        terms (the wire is the same), so the refusal is decided before the request message is
+        read: it does not wait for gRPC's polling thread to deliver a message it will drop."""
         wrapped = self._wrapped.get(method)
         if wrapped is None:
             behavior, deserialize = handler.unary_unary, handler.request_deserializer
 
-            parse = _tolerant(deserialize)
-
-            def admitted(request, context):
-                if request is MALFORMED:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid "
-                                  f"message for {method}")
+            def admitted(request_iterator, context):
                 wait = expected_wait(self.unary.used, self.interval, self.busy_calls)
                 remaining = context.time_remaining() if wait else None
                 if remaining is not None and wait > remaining * self.wait_share:
@@ -242,10 +239,17 @@ class Admission(grpc.ServerInterceptor):
                                   f"{wait * 1000:.0f} ms, more than {self.wait_share:.0%} of the "
                                   f"{remaining * 1000:.0f} ms its deadline leaves "
                                   "(admit_wait_share); retry with backoff")
+                request = next(request_iterator, None)
+                if request is None:  # the call ended, or the client closed without a message
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"no request message came for {method}")
+                if request is MALFORMED:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid "
+                                  f"message for {method}")
                 return behavior(request, context)
 
-            wrapped = self._wrapped[method] = grpc.unary_unary_rpc_method_handler(
-                admitted, parse, handler.response_serializer)
+            wrapped = self._wrapped[method] = grpc.stream_unary_rpc_method_handler(
+                admitted, _tolerant(deserialize), handler.response_serializer)
         return wrapped
 
     def _bounded_watch(self, handler: grpc.RpcMethodHandler):

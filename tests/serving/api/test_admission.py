@@ -245,11 +245,23 @@ def test_a_call_that_would_miss_its_deadline_is_refused_at_once():
             assert time.perf_counter() - started < 0.05
             with expect_error(EXHAUSTED, "ms its deadline leaves (admit_wait_share); retry"):
                 call(b"", timeout=0.6)  # ~0.4 s is more than half of 0.6 s
-            assert refused == ["would_miss_deadline"] * 2
+            # decided before the request message is read: a call that never sends it is
+            # refused at once too, where it used to wait out its deadline
+            half = channel.stream_unary("/test.Slow/Serve")
+            no_message = threading.Event()
+            started = time.perf_counter()
+            with expect_error(EXHAUSTED, "more than 50% of the"):
+                half(idle_requests(no_message), timeout=0.2)
+            assert time.perf_counter() - started < 0.1
+            no_message.set()
+            assert refused == ["would_miss_deadline"] * 3
             assert call(b"", timeout=5) == b"done"
             stop.set()
             for thread in clients:
                 thread.join(10)
+            with expect_error(grpc.StatusCode.INVALID_ARGUMENT, "no request message came for "
+                              "/test.Slow/Serve"):
+                half(iter(()), timeout=5)  # closed without sending one
     finally:
         stop.set()
         server.stop(1).wait()
