@@ -25,7 +25,9 @@ Differences from airbench94: the pool is a global average unless ``config.pool``
 MaxPool2d(3) on the 3x3 map; Grad-CAM then takes an in-graph gradient, training/cam_export.py),
 and the whitening conv has no bias unless ``config.whiten_bias_epochs`` (airbench's 3) says how
 many epochs its bias trains before it is frozen (``FreezableBias``).
-``config.depth``, ``squeeze_excite`` and ``dropout`` are ignored: airbench has none of them.
+``config.init`` picks the weight start: Keras' Glorot uniform, or PyTorch's uniform 1/sqrt(fan_in)
+(the same accuracy at 10 epochs, docs/benchmarks.md). ``config.depth``, ``squeeze_excite`` and
+``dropout`` are ignored: airbench has none of them.
 """
 
 from __future__ import annotations
