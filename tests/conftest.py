@@ -41,9 +41,11 @@ RECIPES = {
     "gap": ["model.name=airbench", "model.width=16", "model.l2=0.00005", "optim.name=sgd",
             "optim.learning_rate=0.2", "optim.schedule=cosine", "optim.warmup_epochs=1"],
     # airbench as it measured best on CIFAR-10: a global max pool (Grad-CAM from an in-graph
-    # gradient) and BatchNorm biases at 64x the learning rate (ScaledBias layers)
+    # gradient), BatchNorm biases at 64x the learning rate (ScaledBias layers), a whitening
+    # bias trained then frozen (FreezableBias) and alternating flip
     "max": ["model.name=airbench", "model.width=16", "model.l2=0.00005", "model.pool=max",
-            "model.bias_lr_scale=64", "optim.name=sgd", "optim.learning_rate=0.2",
+            "model.bias_lr_scale=64", "model.whiten_bias_epochs=2", "augment.alternate_flip=true",
+            "optim.name=sgd", "optim.learning_rate=0.2",
             "optim.schedule=cosine", "optim.warmup_epochs=1"],
     # the seed CNN: flatten + dense head (Grad-CAM from an in-graph gradient)
     "dense": ["model.name=basic_cnn", "model.l2=0.0001", "optim.learning_rate=0.003",
