@@ -45,51 +45,58 @@ def _to_float(images, labels):
 
 def train_steps(num_images: int, config: Config) -> int | None:
     """Steps per epoch for ``fit``, when the pipeline does not end with each epoch."""
-    if config.augment.flip and config.augment.alternate_flip:
-        return max(num_images // config.batch_size, 1)
-    return None
+    return max(num_images // config.batch_size, 1) if _alternates(config) else None
 
 
 def train_pipeline(images, labels, num_classes: int, config: Config) -> tf.data.Dataset:
-    if config.augment.flip and config.augment.alternate_flip:
-        return _alternating_flip_pipeline(images, labels, num_classes, config)
     ds = _slices(images, labels, num_classes)
+    if not _alternates(config):
+        if config.data.cache:
+            ds = ds.cache()
+        return _shuffled_augmented(ds, len(labels), config, build_augmenter(config.augment))
+    # Even passes mirror the images whose fixed draw is 1, odd passes the others; the flip is
+    # one batched op, and both passes read one cache.
+    mirrored_on_even = np.random.default_rng(config.seed).integers(0, 2, len(labels)) == 1
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(mirrored_on_even))
     if config.data.cache:
         ds = ds.cache()
-    return _shuffled_augmented(ds, len(labels), config, build_augmenter(config.augment))
+    augment = build_augmenter(dataclasses.replace(config.augment, flip=False))
+    even, odd = (_shuffled_augmented(ds, len(labels), config, augment, seed_offset=parity,
+                                     before=_flip_for_pass(odd=bool(parity)))
+                 for parity in (0, 1))
+    return even.concatenate(odd).repeat()
 
 
-def _shuffled_augmented(ds, count: int, config: Config, augment, seed_offset: int = 0):
+def _flip_for_pass(odd: bool):
+    def flip(example, mirrored_on_even):
+        images, labels = example
+        return _mirror_where(images, mirrored_on_even != odd), labels
+
+    return flip
+
+
+def _alternates(config: Config) -> bool:
+    return config.augment.flip and config.augment.alternate_flip
+
+
+def _mirror_where(images, mirror):
+    """(N, H, W, C) batch -> the same, with the images where ``mirror`` (N,) is true mirrored."""
+    return tf.where(mirror[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+def _shuffled_augmented(ds, count: int, config: Config, augment, seed_offset: int = 0,
+                        before=None):
+    """Shuffle, batch, ``before`` on each batch (if given), float pixels, augment, prefetch."""
     ds = ds.shuffle(count, seed=config.seed + seed_offset, reshuffle_each_iteration=True)
     ds = ds.batch(config.batch_size, drop_remainder=count >= config.batch_size)
+    if before is not None:
+        ds = ds.map(before, num_parallel_calls=AUTOTUNE)
     ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE)
     seeds = tf.data.Dataset.random(seed=config.seed + seed_offset).batch(2)
     ds = tf.data.Dataset.zip(ds, seeds).map(
         lambda batch, seed: augment(batch[0], batch[1], seed), num_parallel_calls=AUTOTUNE
     )
     return ds.prefetch(AUTOTUNE)
-
-
-def _alternating_flip_pipeline(images, labels, num_classes: int, config: Config):
-    """Even passes mirror the images whose fixed draw is 1, odd passes the others; the other
-    augmentations are drawn per batch as usual."""
-    mirrored_on_even = np.random.default_rng(config.seed).integers(0, 2, len(labels)) == 1
-    augment = build_augmenter(dataclasses.replace(config.augment, flip=False))
-    passes = []
-    for parity in (0, 1):
-        mirror = mirrored_on_even if parity == 0 else ~mirrored_on_even
-        ds = _slices(images, labels, num_classes)
-        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(mirror))
-        ds = ds.map(_flip_if, num_parallel_calls=AUTOTUNE)
-        if config.data.cache:
-            ds = ds.cache()
-        passes.append(_shuffled_augmented(ds, len(labels), config, augment, seed_offset=parity))
-    return passes[0].concatenate(passes[1]).repeat()
-
-
-def _flip_if(example, mirror):
-    image, label = example
-    return tf.cond(mirror, lambda: tf.reverse(image, axis=[1]), lambda: image), label
 
 
 def eval_pipeline(images, labels, num_classes: int, batch_size: int) -> tf.data.Dataset:
