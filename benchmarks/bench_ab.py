@@ -6,11 +6,13 @@ shadow against none at half of capacity, and the router's own CPU per request.
 The server runs in its own process on a repository holding ``--model`` twice (versions 1 and
 2), and its experiments file is rewritten between phases (it reloads live), so every phase of a
 round runs on the same process, alternating:
-1. throughput of closed-loop clients (``--clients``) with no experiment, then with a 50/50 split
+1. throughput of closed-loop clients (``--clients``) with no experiment and with a 50/50 split
    of the two versions: the split's cost is the ratio;
-2. p99 latency of paced clients at half of the measured capacity with no experiment, then with
+2. p99 latency of paced clients at half of the measured capacity with no experiment and with
    shadow mode (every request copied to the candidate, none explained): the ratio is the cost
    to the primary;
+each as four phases, without, with, with, without, so that a drift over the round cancels
+(``--control`` runs "with" as without too, which shows the bench's own ratios);
 3. in this process, ``Router.route`` plus ``Router.finished`` (assignment, counting, signing),
    in microseconds per request.
 Clients run in processes of their own (``burst.run_in_processes``) on the same cores as the
@@ -128,6 +130,9 @@ def main() -> None:
                              "them by the kernel's hash, and capacity read 905 or 1,786/s by it)")
     parser.add_argument("--decide-seconds", type=float, default=0.1,
                         help="the server's; the experiments file is reread as often")
+    parser.add_argument("--control", action="store_true",
+                        help="run no experiment in the split and shadow phases too: the ratios "
+                             "are then the bench's own, what it reads for no change")
     parser.add_argument("server_flags", nargs="*", help="after --: more flags for the server")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
@@ -150,25 +155,37 @@ def main() -> None:
         with grpc.insecure_channel(target) as channel:
             channel.unary_unary(burst.CLASSIFY)(request, timeout=60, wait_for_ready=True)
         burst.run(target, args.clients, 1.0, 5.0, request)  # warm-up
+        split_on, shadow_on = ([], []) if args.control else ([SPLIT], [SHADOW])
+        copies: list[tuple[int, int]] = []  # (mirrored, dropped) after each treatment
+
+        def abba(control: list[dict], treatment: list[dict], measure) -> tuple[float, float]:
+            """Control, treatment, treatment, control: a drift over the round (the second of
+            two identical phases read 0.87-0.93 of the first) cancels out of the means."""
+            values = []
+            for phase, experiments in enumerate((control, treatment, treatment, control)):
+                if phase != 2:  # a rewrite of the same file would restart the experiment
+                    set_experiments(repository, experiments, model, args.decide_seconds)
+                values.append(measure())
+                if phase == 2:
+                    copies.append(shadow_counts(target))
+            return (values[0] + values[3]) / 2, (values[1] + values[2]) / 2
+
+        def throughput() -> float:
+            return burst.run_in_processes(target, args.clients, args.seconds, 5.0, request,
+                                          processes=args.processes).goodput
+
         for number in range(1, args.rounds + 1):
-            set_experiments(repository, [], model, args.decide_seconds)
-            single = burst.run_in_processes(target, args.clients, args.seconds, 5.0, request,
-                                            processes=args.processes).goodput
-            set_experiments(repository, [SPLIT], model, args.decide_seconds)
-            split = burst.run_in_processes(target, args.clients, args.seconds, 5.0, request,
-                                           processes=args.processes).goodput
+            single, split = abba([], split_on, throughput)
             half = single / 2
-            set_experiments(repository, [], model, args.decide_seconds)
-            alone = paced_p99(target, half, args.seconds, request)
-            set_experiments(repository, [SHADOW], model, args.decide_seconds)
-            shadowed = paced_p99(target, half, args.seconds, request)
-            mirrored, dropped = shadow_counts(target)
+            alone, shadowed = abba([], shadow_on,
+                                   lambda rate=half: paced_p99(target, rate, args.seconds, request))
+            mirrored, dropped = copies[-1]
             split_ratios.append(split / single)
             shadow_ratios.append(shadowed / alone)
             print(f"round {number}: single {single:,.0f}/s, split {split:,.0f}/s "
                   f"({split / single:.3f}); at {half:,.0f}/s p99 {alone * 1e3:.2f} ms alone, "
                   f"{shadowed * 1e3:.2f} ms with shadow ({shadowed / alone:.3f}); copies so far "
-                  f"{mirrored:,} mirrored, {dropped:,} dropped")
+                  f"{mirrored:,} mirrored, {dropped:,} dropped", flush=True)
     finally:
         server.terminate()
         server.wait(30)

@@ -95,15 +95,19 @@ def _run_plain(args) -> dict[str, list[float]]:
 
 
 def run_in_processes(target: str, concurrency: int, seconds: float, deadline: float,
-                     request: bytes, processes: int = 4, lead: float = 3.0) -> Phase:
+                     request: bytes | list[bytes], processes: int = 4,
+                     lead: float = 3.0) -> Phase:
     """``run`` with the clients spread over ``processes`` spawned processes (not forked: gRPC
-    does not survive a fork), all starting ``lead`` seconds from now, once spawned."""
+    does not survive a fork), all starting ``lead`` seconds from now, once spawned. A list of
+    requests gives process i the i-th of them, round robin."""
+    requests = request if isinstance(request, list) else [request]
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     context = multiprocessing.get_context("spawn")
     start_at = time.time() + lead
     with context.Pool(processes) as pool:
-        parts = pool.map(_run_plain, [(target, n, seconds, deadline, request, start_at)
-                                      for n in shares if n])
+        parts = pool.map(_run_plain, [(target, n, seconds, deadline,
+                                       requests[i % len(requests)], start_at)
+                                      for i, n in enumerate(shares) if n])
     phase = Phase(concurrency, seconds)
     for part in parts:
         for status, latencies in part.items():
